@@ -1,0 +1,51 @@
+"""Names shared across the node: states, queues, task names, file suffixes.
+
+Defined once here and imported everywhere else, so that a state written by the listener
+is spelled the same in the scanner, the worker, the CLI and the database.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class StudyState(str, enum.Enum):
+    """Where a study is in its way through the node (the database is the source of truth)."""
+
+    RECEIVED = "received"  # instances arriving; the quiet-period timer runs
+    QUEUED = "queued"  # complete; a job row exists and a wake-up was sent
+    RUNNING = "running"  # a worker is processing the job
+    DONE = "done"  # processed; outputs written (delivery may still be pending)
+    DELIVERED = "delivered"  # every output reached every destination
+    FAILED = "failed"  # processing or delivery gave up; the reason is on the job
+
+
+class JobState(str, enum.Enum):
+    """State of one processing job (one generation of a study)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+#: States of a job that a start-up sweep must re-queue.
+UNFINISHED_JOB_STATES = (JobState.QUEUED, JobState.RUNNING)
+
+# Celery queues (DESIGN.md: "Celery queues").
+QUEUE_INFERENCE = "inference"
+QUEUE_DELIVERY = "delivery"
+QUEUE_TRAINING = "training"
+
+# Celery task names; stable strings so that workers and producers of different builds agree.
+TASK_PROCESS_STUDY = "cxr_node.process_study"
+TASK_DELIVER = "cxr_node.deliver"
+
+# Spool layout.
+SPOOL_DIRNAME = "spool"
+OUTPUT_DIRNAME = "outputs"
+DICOM_SUFFIX = ".dcm"
+PARTIAL_SUFFIX = ".part"
+
+# Mask policies (definitions in docs/mask-policies.md and models/policies.py).
+MASK_POLICIES = ("original", "loose", "tight")

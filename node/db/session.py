@@ -1,0 +1,111 @@
+"""Engine, sessions and schema upgrades for one database URL."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import create_engine, event, inspect
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
+    # WAL lets the listener commit while workers read; synchronous=FULL makes a commit durable
+    # before the C-STORE is answered Success. busy_timeout rides out short write contention.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+class Database:
+    """A database URL with its engine and session factory.
+
+    Use :meth:`session` as a context manager: it commits on success and rolls back on error.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        if url.startswith("sqlite"):
+            path = url.split("///", 1)[-1]
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            self.engine: Engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        else:
+            self.engine = create_engine(url, pool_pre_ping=True)
+        self._factory = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session in a transaction: committed when the block ends, rolled back on error."""
+        session = self._factory()
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+
+    def alembic_config(self):  # type: ignore[no-untyped-def]
+        """An Alembic config for this database, independent of the working directory."""
+        from alembic.config import Config
+
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS_DIR))
+        config.set_main_option("sqlalchemy.url", self.url.replace("%", "%%"))
+        config.attributes["engine"] = self.engine
+        return config
+
+    def upgrade(self, revision: str = "head") -> None:
+        """Bring the schema to ``revision`` (``cxr-node db upgrade``)."""
+        from alembic import command
+
+        command.upgrade(self.alembic_config(), revision)
+
+    def current_revision(self) -> str | None:
+        from alembic.runtime.migration import MigrationContext
+
+        with self.engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+
+    def head_revision(self) -> str:
+        from alembic.script import ScriptDirectory
+
+        head = ScriptDirectory.from_config(self.alembic_config()).get_current_head()
+        assert head is not None  # the project always ships migrations
+        return head
+
+    def ensure_schema(self) -> None:
+        """Upgrade an empty (new) database itself; refuse to run on an outdated non-empty one.
+
+        A node must not silently migrate a production database: an outdated one stops start-up
+        with the command that fixes it.
+        """
+        current = self.current_revision()
+        if current == self.head_revision():
+            return
+        has_tables = bool(inspect(self.engine).get_table_names())
+        if current is None and not has_tables:
+            log.info("empty database; creating schema at %s", self.head_revision())
+            self.upgrade()
+            return
+        if self.url.startswith("sqlite"):
+            log.info("upgrading SQLite database from %s to %s", current, self.head_revision())
+            self.upgrade()
+            return
+        raise RuntimeError(
+            f"database schema is at revision {current}, this node needs {self.head_revision()}; "
+            "run `cxr-node db upgrade` first"
+        )
