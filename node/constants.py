@@ -49,3 +49,26 @@ PARTIAL_SUFFIX = ".part"
 
 # Mask policies (definitions in docs/mask-policies.md and models/policies.py).
 MASK_POLICIES = ("original", "loose", "tight")
+
+
+class ResultStatus(str, enum.Enum):
+    """Outcome of one image under one mask policy in one job (``results.status``)."""
+
+    OK = "ok"  # analysed; outputs built
+    SKIPPED = "skipped"  # not a frontal chest radiograph (lateral, other body part, modality); reason recorded
+    FAILED = "failed"  # analysis failed (e.g. implausible segmentation); reason recorded
+
+
+class OutputKind(str, enum.Enum):
+    """Kind of an output object written into the study."""
+
+    SEG = "SEG"
+    SR = "SR"
+
+
+class DeliveryState(str, enum.Enum):
+    """State of one output object towards one destination (``deliveries.state``)."""
+
+    PENDING = "pending"  # waiting for its next attempt at ``next_attempt_at``
+    DELIVERED = "delivered"  # the destination answered Success or a warning
+    FAILED = "failed"  # attempts exhausted or refused for good; the reason is in ``last_error``

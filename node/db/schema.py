@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 UID = String(64)  # PS3.5 UI VR: at most 64 characters
@@ -84,3 +84,119 @@ class Job(Base):
     summary: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
 
     study: Mapped[Study] = relationship(back_populates="jobs")
+
+
+# --- results, outputs and deliveries (issue 5) -----------------------------------------------
+
+
+class Result(Base):
+    """What one job concluded about one instance under one mask policy.
+
+    ``status`` is a :class:`node.constants.ResultStatus`. For a skipped or failed image the
+    ``reason`` says why and the model fields stay empty. One row per (job, instance, policy):
+    a retried job updates its rows instead of adding new ones.
+    """
+
+    __tablename__ = "results"
+    __table_args__ = (UniqueConstraint("job_id", "instance_id", "policy", name="uq_result_job_instance_policy"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    instance_id: Mapped[int] = mapped_column(ForeignKey("instances.id"), index=True)
+    policy: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
+    #: finding -> probability in [0, 1]
+    probabilities: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    no_finding: Mapped[float | None] = mapped_column(Float, default=None)
+    #: finding -> operating threshold of the classifier
+    thresholds: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    #: finding -> probability >= threshold
+    decisions: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    #: role -> {name, version, device_uid, sha256, clinical_use, ...}
+    model_versions: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    #: stage -> seconds (decode, analyze stages, build_seg, build_sr, write)
+    timings: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    job: Mapped[Job] = relationship()
+    instance: Mapped[Instance] = relationship()
+    outputs: Mapped[list["OutputObject"]] = relationship(back_populates="result", order_by="OutputObject.id")
+
+
+class OutputObject(Base):
+    """One DICOM object the node wrote (SEG or SR), kept at ``path`` under the output directory.
+
+    ``kind`` is a :class:`node.constants.OutputKind`. UIDs are deterministic, so a retried job
+    finds its row again by (job, SOP Instance UID).
+    """
+
+    __tablename__ = "output_objects"
+    __table_args__ = (UniqueConstraint("job_id", "sop_instance_uid", name="uq_output_job_sop_instance"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    result_id: Mapped[int | None] = mapped_column(ForeignKey("results.id"), index=True, default=None)
+    kind: Mapped[str] = mapped_column(String(8))
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    series_instance_uid: Mapped[str] = mapped_column(UID)
+    study_instance_uid: Mapped[str] = mapped_column(UID)
+    transfer_syntax_uid: Mapped[str] = mapped_column(UID)
+    #: relative to the output directory (``data_dir/outputs``)
+    path: Mapped[str] = mapped_column(String(512))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    job: Mapped[Job] = relationship()
+    result: Mapped[Result | None] = relationship(back_populates="outputs")
+    deliveries: Mapped[list["Delivery"]] = relationship(back_populates="output", order_by="Delivery.id")
+
+
+class Delivery(Base):
+    """One output object on its way to one destination (``AET@host:port``).
+
+    ``state`` is a :class:`node.constants.DeliveryState`. A pending delivery is due at
+    ``next_attempt_at``; a sweep re-queues due ones, so retries survive a restart.
+    """
+
+    __tablename__ = "deliveries"
+    __table_args__ = (UniqueConstraint("output_object_id", "destination", name="uq_delivery_output_destination"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    output_object_id: Mapped[int] = mapped_column(ForeignKey("output_objects.id"), index=True)
+    destination: Mapped[str] = mapped_column(String(128))
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(default=None, index=True)
+    #: DIMSE status of the last answer (None when no answer came: refused, timed out, aborted)
+    last_status: Mapped[int | None] = mapped_column(Integer, default=None)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    delivered_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+    output: Mapped[OutputObject] = relationship(back_populates="deliveries")
+    attempt_log: Mapped[list["DeliveryAttempt"]] = relationship(
+        back_populates="delivery", order_by="DeliveryAttempt.number"
+    )
+
+
+class DeliveryAttempt(Base):
+    """One C-STORE attempt of one delivery, with its DIMSE status or the error."""
+
+    __tablename__ = "delivery_attempts"
+    __table_args__ = (UniqueConstraint("delivery_id", "number", name="uq_delivery_attempt_number"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    delivery_id: Mapped[int] = mapped_column(ForeignKey("deliveries.id"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    #: DIMSE status (None when no answer came)
+    status: Mapped[int | None] = mapped_column(Integer, default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+
+    delivery: Mapped[Delivery] = relationship(back_populates="attempt_log")
