@@ -56,9 +56,10 @@ ROLE_CLASSIFIER = "classifier"
 ROLES: tuple[str, ...] = (ROLE_SEGMENTER, ROLE_CLASSIFIER)
 
 #: Input normalisations a manifest may name.
-#: ``minmax``: grey image min-max scaled to [0, 1] (MedSAM); ``imagenet``: [0, 1] then ImageNet
-#: mean/std per channel (torchvision backbones).
-NORMALISATIONS: tuple[str, ...] = ("minmax", "imagenet")
+#: ``minmax``: grey image min-max scaled to [0, 1] (MedSAM); ``meanstd``: [0, 1], then
+#: ``(x - mean) / std`` with ``mean`` and ``std`` from the manifest's parameters (the classifier);
+#: ``imagenet``: [0, 1] then ImageNet mean/std per channel.
+NORMALISATIONS: tuple[str, ...] = ("minmax", "meanstd", "imagenet")
 
 #: Every manifest has exactly these keys (schema 1).
 MANIFEST_KEYS: frozenset[str] = frozenset(
@@ -190,7 +191,7 @@ class ModelManifest:
     parameters : extra keyword arguments of the builder (may be empty).
     weights_file : file name of the weights inside the version folder.
     sha256 : hex sha256 of the weights file.
-    input : ``{"size": [H, W], "channels": C, "normalisation": "minmax" | "imagenet"}`` — the
+    input : ``{"size": [H, W], "channels": C, "normalisation": one of NORMALISATIONS}`` — the
         network input in pixels after resizing.
     labels : output labels in output order (classifier: the five findings; segmenter: lung sides).
     policy : the mask policy a classifier was trained under; ``None`` for segmenters.
