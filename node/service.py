@@ -1,0 +1,126 @@
+"""The running node (``cxr-node serve``): database, sweep, listener, completion scanner, dispatcher.
+
+Start-up order:
+
+1. the database schema is ensured (an empty SQLite or PostgreSQL database is created at head;
+   an outdated SQLite one is upgraded; an outdated PostgreSQL one stops start-up with the
+   command that fixes it);
+2. the dispatcher is created (Celery with a broker, else in-process thread pools);
+3. the sweep: every job the database says is unfinished gets a wake-up (in-process, every
+   ``running`` job is dead — its threads belonged to the previous process; with a broker,
+   only those running past ``CXR_NODE_JOB_TIMEOUT_SECONDS``), then the registered start-up
+   sweeps run (:func:`node.tasks.registry.startup_sweep`);
+4. the completion scanner thread starts;
+5. the DICOM listener starts (:func:`node.scp.server.start_listener`).
+
+:meth:`NodeService.stop` (SIGTERM, SIGINT) closes the listener first, then the scanner, then
+lets the in-process tasks that are running end; tasks not yet started stay queued in the
+database for the next start.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+from typing import Any
+
+from node.completion import CompletionScanner
+from node.db import Database
+from node.settings import Settings
+from node.tasks.context import TaskContext
+from node.tasks.dispatch import Dispatcher, create_dispatcher
+from node.tasks.jobs import requeue_stale_running, requeue_unfinished
+from node.tasks.registry import startup_sweeps
+
+log = logging.getLogger(__name__)
+
+
+class NodeService:
+    """The composed node; :meth:`start` then :meth:`stop`, or :meth:`run` until a signal."""
+
+    def __init__(self, settings: Settings, *, with_listener: bool = True) -> None:
+        self.settings = settings
+        self.with_listener = with_listener
+        self.database = Database(settings.resolved_database_url)
+        self.dispatcher: Dispatcher | None = None
+        self.scanner: CompletionScanner | None = None
+        self.listener: Any = None
+        self._stop_requested = threading.Event()
+        self._stopped = False
+
+    @property
+    def in_process(self) -> bool:
+        return not self.settings.broker_url
+
+    def start(self) -> None:
+        """Bring the node up (see the module docstring for the order)."""
+        settings = self.settings
+        self.database.ensure_schema()
+        settings.spool_dir.mkdir(parents=True, exist_ok=True)
+        self.dispatcher = create_dispatcher(settings, self.database)
+        log.info(
+            "node %s starting: database %s, tasks %s",
+            settings.ae_title,
+            self.database.engine.url.render_as_string(hide_password=True),
+            self.dispatcher.transport,
+        )
+        wake = requeue_unfinished(self.database, settings, running_are_dead=self.in_process)
+        context = TaskContext(settings, self.database, self.dispatcher)
+        for sweep in startup_sweeps():
+            try:
+                sweep.fn(context)
+            except Exception:  # one sweep failing must not stop the node; its work stays in the DB
+                log.exception("start-up sweep %s failed", sweep.name)
+        dispatcher = self.dispatcher
+        self.scanner = CompletionScanner(
+            self.database,
+            settings,
+            dispatcher.process_study,
+            on_stale_sweep=None if self.in_process else lambda: requeue_stale_running(self.database, settings),
+        )
+        self.scanner.add_wakeups(wake)
+        self.scanner.start()
+        if self.with_listener:
+            from node.scp.server import start_listener
+
+            self.listener = start_listener(settings, self.database, on_instance_stored=None)
+            log.info("listening as %s on %s:%s", settings.ae_title, settings.host, getattr(self.listener, "port", settings.port))
+
+    def stop(self) -> None:
+        """Stop listener, scanner and dispatcher (idempotent)."""
+        if self._stopped:
+            return
+        self._stopped = True
+        log.info("node stopping")
+        if self.listener is not None:
+            try:
+                self.listener.shutdown()
+            except Exception:
+                log.exception("listener did not shut down cleanly")
+        if self.scanner is not None:
+            self.scanner.stop()
+        if self.dispatcher is not None:
+            self.dispatcher.shutdown(wait=True)
+        self.database.engine.dispose()
+        log.info("node stopped")
+
+    def request_stop(self, signum: int | None = None, _frame: FrameType | None = None) -> None:
+        """Ask :meth:`run` to stop (signal handler)."""
+        if signum is not None:
+            log.info("signal %s received; stopping", signal.Signals(signum).name)
+        self._stop_requested.set()
+
+    def run(self) -> int:
+        """Start, serve until SIGTERM or SIGINT, stop; return the exit status."""
+        previous = {sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            self.start()
+            while not self._stop_requested.wait(1.0):
+                pass
+        finally:
+            self.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return 0

@@ -1,0 +1,235 @@
+"""Claiming and finishing jobs idempotently; the start-up sweep.
+
+Every transition is a conditional ``UPDATE`` on the job row, keyed on its state and its
+``attempts`` counter (the claim token), so that:
+
+- a duplicate wake-up, or one for a job already done, finds nothing to claim and returns;
+- a worker whose job was taken over (after it was presumed dead) cannot overwrite the outcome
+  of the newer attempt;
+- a job for an old generation of a study (a late instance re-opened it) never moves the study
+  back to ``done``: study updates also match on the generation.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import or_, select, update
+
+from node.completion import as_utc
+from node.constants import JobState, StudyState
+from node.db import Database, Job, Study
+from node.db.schema import utcnow
+from node.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: A job whose worker died this many times is failed instead of run again (a poison study).
+MAX_JOB_ATTEMPTS = 3
+
+#: Longest error text stored on a job.
+ERROR_MAX_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    """A job this worker holds; ``attempt`` is the claim token checked when it finishes."""
+
+    job_id: int
+    study_id: int
+    study_instance_uid: str
+    generation: int
+    attempt: int
+    worker: str
+    calling_aet: str | None
+    called_aet: str | None
+
+
+def claim_job(database: Database, job_id: int, *, worker: str, stale_after_seconds: float, now: dt.datetime | None = None) -> ClaimedJob | None:
+    """Take the job ``job_id`` for ``worker``, or return ``None`` when it is not claimable.
+
+    Claimable: ``queued``, or ``running`` since longer than ``stale_after_seconds`` (its worker
+    is presumed dead; this is how a broker re-delivery after the visibility timeout resumes it).
+    A job whose study has moved to a newer generation is closed as superseded (``done``, with
+    the reason in its summary) instead of being run. A job that has used up
+    :data:`MAX_JOB_ATTEMPTS` is failed.
+    """
+    now = as_utc(now or utcnow())
+    stale_before = now - dt.timedelta(seconds=stale_after_seconds)
+    with database.session() as session:
+        row = session.execute(
+            select(Job.attempts, Job.state, Job.study_id, Job.generation).where(Job.id == job_id)
+        ).first()
+        if row is None:
+            log.warning("wake-up for job %d, which does not exist; ignored", job_id)
+            return None
+        attempts, state, study_id, generation = row
+        if state not in (JobState.QUEUED.value, JobState.RUNNING.value):
+            log.info("job %d is %s; duplicate wake-up ignored", job_id, state)
+            return None
+        claimable = or_(
+            Job.state == JobState.QUEUED.value,
+            (Job.state == JobState.RUNNING.value) & (Job.started_at <= stale_before),
+        )
+        if attempts >= MAX_JOB_ATTEMPTS:
+            failed = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.attempts == attempts, claimable)
+                .values(
+                    state=JobState.FAILED.value,
+                    finished_at=now,
+                    error=f"gave up after {attempts} attempts: the worker stopped during each of them",
+                )
+            ).rowcount
+            if failed == 1:
+                _set_study_state(session, study_id, generation, StudyState.FAILED, now)
+                log.error("job %d failed: %d attempts used", job_id, attempts)
+            return None
+        claimed = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.attempts == attempts, claimable)
+            .values(state=JobState.RUNNING.value, attempts=attempts + 1, started_at=now, worker=worker, error=None)
+        ).rowcount
+        if claimed != 1:
+            log.info("job %d is already being run; duplicate wake-up ignored", job_id)
+            return None
+        study = session.execute(
+            select(Study.study_instance_uid, Study.generation, Study.calling_aet, Study.called_aet).where(
+                Study.id == study_id
+            )
+        ).one()
+        if study.generation != generation:
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.attempts == attempts + 1)
+                .values(
+                    state=JobState.DONE.value,
+                    finished_at=now,
+                    summary={"superseded_by_generation": study.generation},
+                )
+            )
+            log.info(
+                "job %d of study %s is for generation %d, the study is at %d; closed as superseded",
+                job_id,
+                study.study_instance_uid,
+                generation,
+                study.generation,
+            )
+            return None
+        _set_study_state(session, study_id, generation, StudyState.RUNNING, now)
+    log.info("job %d (study %s, generation %d) claimed by %s, attempt %d", job_id, study.study_instance_uid, generation, worker, attempts + 1)
+    return ClaimedJob(
+        job_id=job_id,
+        study_id=study_id,
+        study_instance_uid=study.study_instance_uid,
+        generation=generation,
+        attempt=attempts + 1,
+        worker=worker,
+        calling_aet=study.calling_aet,
+        called_aet=study.called_aet,
+    )
+
+
+def _set_study_state(session: Any, study_id: int, generation: int, state: StudyState, now: dt.datetime) -> bool:
+    # Only the study's current generation moves; a re-opened study stays `received`.
+    moved = session.execute(
+        update(Study)
+        .where(
+            Study.id == study_id,
+            Study.generation == generation,
+            Study.state.in_([StudyState.QUEUED.value, StudyState.RUNNING.value]),
+        )
+        .values(state=state.value, updated_at=now)
+    ).rowcount
+    return moved == 1
+
+
+def _close(database: Database, claim: ClaimedJob, job_state: JobState, study_state: StudyState, *, summary: dict[str, Any] | None, error: str | None) -> bool:
+    now = utcnow()
+    with database.session() as session:
+        closed = session.execute(
+            update(Job)
+            .where(Job.id == claim.job_id, Job.state == JobState.RUNNING.value, Job.attempts == claim.attempt)
+            .values(state=job_state.value, finished_at=now, summary=summary, error=error)
+        ).rowcount
+        if closed != 1:
+            log.warning(
+                "job %d attempt %d was taken over by another worker; its outcome (%s) is not recorded",
+                claim.job_id,
+                claim.attempt,
+                job_state.value,
+            )
+            return False
+        study_moved = _set_study_state(session, claim.study_id, claim.generation, study_state, now)
+    if not study_moved:
+        log.info(
+            "job %d finished for generation %d of study %s, which was re-opened since; study state left as is",
+            claim.job_id,
+            claim.generation,
+            claim.study_instance_uid,
+        )
+    return True
+
+
+def finish_job(database: Database, claim: ClaimedJob, summary: dict[str, Any] | None = None) -> bool:
+    """Mark the claimed job ``done`` (and its study, if still at that generation); False if taken over."""
+    return _close(database, claim, JobState.DONE, StudyState.DONE, summary=summary, error=None)
+
+
+def fail_job(database: Database, claim: ClaimedJob, error: str, summary: dict[str, Any] | None = None) -> bool:
+    """Mark the claimed job ``failed`` with ``error`` (and its study); False if taken over."""
+    return _close(database, claim, JobState.FAILED, StudyState.FAILED, summary=summary, error=error[:ERROR_MAX_CHARS])
+
+
+def requeue_unfinished(database: Database, settings: Settings, *, running_are_dead: bool, now: dt.datetime | None = None) -> list[int]:
+    """The start-up sweep: return the ids of every job that needs a wake-up.
+
+    ``queued`` jobs are returned as they are. ``running`` jobs whose worker is dead go back to
+    ``queued`` (their study too, if still at that generation) and are returned: all of them
+    when ``running_are_dead`` (the in-process transport at ``serve`` start: its workers were
+    the previous process's threads), else those running longer than
+    ``settings.job_timeout_seconds``.
+    """
+    now = as_utc(now or utcnow())
+    stale_before = now - dt.timedelta(seconds=settings.job_timeout_seconds)
+    with database.session() as session:
+        rows = session.execute(
+            select(Job.id, Job.state, Job.attempts, Job.started_at, Job.study_id, Job.generation)
+            .where(Job.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]))
+            .order_by(Job.id)
+        ).all()
+    wake: list[int] = []
+    for job_id, state, attempts, started_at, study_id, generation in rows:
+        if state == JobState.QUEUED.value:
+            wake.append(job_id)
+            continue
+        if not running_are_dead and started_at is not None and as_utc(started_at) > stale_before:
+            continue  # a live worker may still hold it
+        with database.session() as session:
+            reset = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.state == JobState.RUNNING.value, Job.attempts == attempts)
+                .values(state=JobState.QUEUED.value, worker=None)
+            ).rowcount
+            if reset == 1:
+                session.execute(
+                    update(Study)
+                    .where(Study.id == study_id, Study.generation == generation, Study.state == StudyState.RUNNING.value)
+                    .values(state=StudyState.QUEUED.value, updated_at=now)
+                )
+        if reset == 1:
+            log.warning("job %d was running when its worker stopped; queued again", job_id)
+            wake.append(job_id)
+    if wake:
+        log.info("sweep: %d unfinished job(s) to wake: %s", len(wake), wake)
+    return wake
+
+
+def requeue_stale_running(database: Database, settings: Settings) -> list[int]:
+    """Periodic part of the sweep (broker mode): running jobs past the job timeout, re-queued."""
+    with database.session() as session:
+        queued_ids = set(session.scalars(select(Job.id).where(Job.state == JobState.QUEUED.value)))
+    return [job_id for job_id in requeue_unfinished(database, settings, running_are_dead=False) if job_id not in queued_ids]

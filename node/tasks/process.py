@@ -1,0 +1,294 @@
+"""The ``process_study`` task: claim the job, open and decode every instance, run the study steps.
+
+``process_study(job_id, context=...)`` is a plain function; the in-process dispatcher calls it on
+a thread and the Celery app wraps it as the task :data:`~node.constants.TASK_PROCESS_STUDY` on
+queue ``inference``. What it does for one claimed job:
+
+1. open each of the study's instances from the spool and decode its pixels (every transfer
+   syntax the listener accepts; the decoders are pydicom's with pylibjpeg/pyjpegls plug-ins);
+2. record what it found on ``Instance.inspection`` (modality, view position, body part, size,
+   photometric interpretation, bits, transfer syntax, decoded or the error) — a file that
+   cannot be decoded is recorded as such and does not fail the job;
+3. run the registered study steps (:func:`node.tasks.registry.study_step`) with the opened
+   instances — this is where the models and outputs plug in;
+4. close the job ``done`` with a summary (or ``failed`` with the error).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.errors import InvalidDicomError
+from sqlalchemy import select
+
+from node.constants import QUEUE_INFERENCE, TASK_PROCESS_STUDY
+from node.db import Instance
+from node.tasks.context import TaskContext
+from node.tasks.jobs import ClaimedJob, claim_job, fail_job, finish_job
+from node.tasks.registry import study_steps, task
+
+log = logging.getLogger(__name__)
+
+#: Longest decode error text kept in an inspection.
+DECODE_ERROR_MAX_CHARS = 500
+
+
+@dataclass
+class OpenedInstance:
+    """One instance of the study as ``process_study`` opened it.
+
+    Attributes
+    ----------
+    instance_id, sop_instance_uid, series_instance_uid, sop_class_uid:
+        From the instance row.
+    path:
+        Absolute path of the spool file.
+    inspection:
+        The dict recorded on ``Instance.inspection`` (see :func:`inspect_dataset`).
+    dataset:
+        The dataset read from the spool, or ``None`` if the file could not be read.
+    pixels:
+        The decoded pixel data as pydicom returns it, or ``None`` if decoding failed:
+        ``(Rows, Columns)`` for one grey frame, ``(frames, Rows, Columns)`` for several,
+        a trailing samples axis for colour; stored values (no modality or VOI LUT applied),
+        dtype from Bits Allocated and Pixel Representation.
+    """
+
+    instance_id: int
+    sop_instance_uid: str
+    series_instance_uid: str
+    sop_class_uid: str
+    path: Path
+    inspection: dict[str, Any]
+    dataset: Dataset | None
+    pixels: np.ndarray | None
+
+    @property
+    def decoded(self) -> bool:
+        return self.pixels is not None
+
+
+def _text(ds: Dataset, keyword: str) -> str | None:
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    return str(value).strip() or None
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    value = ds.get(keyword)
+    try:
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _spacing(ds: Dataset, keyword: str) -> list[float] | None:
+    value = ds.get(keyword)
+    if not value:
+        return None
+    try:
+        return [float(v) for v in value]
+    except (TypeError, ValueError):
+        return None
+
+
+def read_spool_file(path: Path, transfer_syntax_uid: str | None = None) -> Dataset:
+    """Read a spool file: a DICOM Part 10 file, or a bare dataset with its transfer syntax given.
+
+    Raises
+    ------
+    FileNotFoundError
+        The file is not in the spool.
+    pydicom.errors.InvalidDicomError
+        The bytes are not a DICOM dataset.
+    """
+    try:
+        ds = pydicom.dcmread(path)
+    except InvalidDicomError:
+        if transfer_syntax_uid is None:
+            raise
+        ds = pydicom.dcmread(path, force=True)
+    if "TransferSyntaxUID" not in getattr(ds, "file_meta", Dataset()):
+        if transfer_syntax_uid is None:
+            raise InvalidDicomError(f"{path.name}: no transfer syntax in the file and none recorded")
+        ds.file_meta = getattr(ds, "file_meta", None) or FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = transfer_syntax_uid
+    return ds
+
+
+def inspect_dataset(ds: Dataset) -> dict[str, Any]:
+    """What the node needs to know about an image, without any patient attribute.
+
+    Returns a JSON-serialisable dict: ``sop_class_uid``, ``modality``, ``view_position``,
+    ``body_part_examined``, ``image_laterality``, ``rows``, ``columns``, ``number_of_frames``,
+    ``samples_per_pixel``, ``photometric_interpretation``, ``bits_allocated``, ``bits_stored``,
+    ``pixel_representation``, ``pixel_spacing_mm`` and ``imager_pixel_spacing_mm`` (row, column
+    spacing), ``transfer_syntax_uid``, ``has_pixel_data``.
+    """
+    file_meta = getattr(ds, "file_meta", Dataset())
+    return {
+        "sop_class_uid": _text(ds, "SOPClassUID"),
+        "modality": _text(ds, "Modality"),
+        "view_position": _text(ds, "ViewPosition"),
+        "body_part_examined": _text(ds, "BodyPartExamined"),
+        "image_laterality": _text(ds, "ImageLaterality"),
+        "rows": _int(ds, "Rows"),
+        "columns": _int(ds, "Columns"),
+        "number_of_frames": _int(ds, "NumberOfFrames") or 1,
+        "samples_per_pixel": _int(ds, "SamplesPerPixel"),
+        "photometric_interpretation": _text(ds, "PhotometricInterpretation"),
+        "bits_allocated": _int(ds, "BitsAllocated"),
+        "bits_stored": _int(ds, "BitsStored"),
+        "pixel_representation": _int(ds, "PixelRepresentation"),
+        "pixel_spacing_mm": _spacing(ds, "PixelSpacing"),
+        "imager_pixel_spacing_mm": _spacing(ds, "ImagerPixelSpacing"),
+        "transfer_syntax_uid": str(file_meta.get("TransferSyntaxUID", "")) or None,
+        "has_pixel_data": any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")),
+    }
+
+
+def open_instance(path: Path, transfer_syntax_uid: str | None = None) -> tuple[dict[str, Any], Dataset | None, np.ndarray | None]:
+    """Read and decode one spool file; never raises for bad content.
+
+    Returns
+    -------
+    (inspection, dataset, pixels)
+        ``inspection`` as :func:`inspect_dataset` plus ``decoded`` (bool), ``decode_seconds``,
+        ``pixel_min``/``pixel_max`` when decoded and ``error`` (a short reason) when not;
+        ``dataset`` is ``None`` when the file could not be read, ``pixels`` when it could not
+        be decoded.
+    """
+    try:
+        ds = read_spool_file(path, transfer_syntax_uid)
+    except FileNotFoundError:
+        return {"decoded": False, "error": "file missing from the spool"}, None, None
+    except Exception as exc:  # corrupt or truncated: record it, never fail the study for it
+        return {"decoded": False, "error": _reason("unreadable", exc)}, None, None
+    inspection = inspect_dataset(ds)
+    if not inspection["has_pixel_data"]:
+        inspection.update(decoded=False, error="no pixel data")
+        return inspection, ds, None
+    started = time.perf_counter()
+    try:
+        pixels = ds.pixel_array
+    except Exception as exc:  # any decoder failure is a property of this file
+        inspection.update(decoded=False, error=_reason("pixel data not decodable", exc))
+        return inspection, ds, None
+    inspection["decode_seconds"] = round(time.perf_counter() - started, 4)
+    expected = (inspection["rows"], inspection["columns"])
+    if tuple(pixels.shape[-2:] if (inspection["samples_per_pixel"] or 1) == 1 else pixels.shape[-3:-1]) != expected:
+        inspection.update(decoded=False, error=f"decoded shape {tuple(pixels.shape)} does not match Rows x Columns {expected}")
+        return inspection, ds, None
+    inspection.update(
+        decoded=True,
+        shape=list(pixels.shape),
+        dtype=str(pixels.dtype),
+        pixel_min=float(np.min(pixels)),
+        pixel_max=float(np.max(pixels)),
+    )
+    return inspection, ds, pixels
+
+
+def _reason(what: str, exc: Exception) -> str:
+    return f"{what}: {type(exc).__name__}: {exc}"[:DECODE_ERROR_MAX_CHARS]
+
+
+def open_study_instances(claim: ClaimedJob, context: TaskContext) -> list[OpenedInstance]:
+    """Open and decode every instance of the claimed study; record each inspection in the database."""
+    spool = context.settings.spool_dir
+    with context.database.session() as session:
+        rows = session.execute(
+            select(
+                Instance.id,
+                Instance.sop_instance_uid,
+                Instance.series_instance_uid,
+                Instance.sop_class_uid,
+                Instance.transfer_syntax_uid,
+                Instance.path,
+            )
+            .where(Instance.study_id == claim.study_id)
+            .order_by(Instance.id)
+        ).all()
+    opened: list[OpenedInstance] = []
+    for instance_id, sop_uid, series_uid, sop_class, ts_uid, rel_path in rows:
+        path = Path(rel_path) if Path(rel_path).is_absolute() else spool / rel_path
+        inspection, ds, pixels = open_instance(path, ts_uid)
+        inspection.setdefault("transfer_syntax_uid", ts_uid)
+        inspection["job_id"] = claim.job_id
+        with context.database.session() as session:
+            session.get(Instance, instance_id).inspection = inspection  # type: ignore[union-attr]
+        if pixels is None:
+            log.warning("study %s instance %s not decoded: %s", claim.study_instance_uid, sop_uid, inspection.get("error"))
+        opened.append(OpenedInstance(instance_id, sop_uid, series_uid, sop_class, path, inspection, ds, pixels))
+    return opened
+
+
+def run_study(claim: ClaimedJob, context: TaskContext) -> dict[str, Any]:
+    """The per-study work of one claimed job; returns the job summary (JSON-serialisable)."""
+    started = time.perf_counter()
+    opened = open_study_instances(claim, context)
+    summary: dict[str, Any] = {
+        "generation": claim.generation,
+        "instances": len(opened),
+        "decoded": sum(1 for o in opened if o.decoded),
+        "not_decoded": sorted(o.sop_instance_uid for o in opened if not o.decoded),
+        "view_positions": sorted({o.inspection.get("view_position") or "" for o in opened} - {""}),
+        "steps": {},
+        "seconds": {"open": round(time.perf_counter() - started, 3)},
+    }
+    for step in study_steps():
+        step_started = time.perf_counter()
+        try:
+            summary["steps"][step.name] = step.fn(claim, opened, context)
+        except Exception as exc:
+            raise StudyStepError(step.name, exc) from exc
+        summary["seconds"][step.name] = round(time.perf_counter() - step_started, 3)
+    summary["seconds"]["total"] = round(time.perf_counter() - started, 3)
+    return summary
+
+
+class StudyStepError(RuntimeError):
+    """A registered study step raised; the job fails with the step's name and the cause."""
+
+    def __init__(self, step: str, cause: Exception) -> None:
+        super().__init__(f"study step {step!r} failed: {type(cause).__name__}: {cause}")
+        self.step = step
+
+
+@task(TASK_PROCESS_STUDY, queue=QUEUE_INFERENCE)
+def process_study(job_id: int, *, context: TaskContext) -> dict[str, Any] | None:
+    """Process the job ``job_id`` if it is claimable; return its summary, or ``None`` if not claimed.
+
+    Idempotent: a duplicate wake-up, or one for a finished job, returns ``None`` and changes
+    nothing. Failures are recorded on the job (state ``failed``, ``error``) and logged; the
+    function itself returns normally so that the transport acknowledges the wake-up.
+    """
+    claim = claim_job(
+        context.database, job_id, worker=context.worker_name(), stale_after_seconds=context.settings.job_timeout_seconds
+    )
+    if claim is None:
+        return None
+    try:
+        summary = run_study(claim, context)
+    except Exception as exc:
+        log.exception("job %d (study %s) failed", job_id, claim.study_instance_uid)
+        error = str(exc) if isinstance(exc, StudyStepError) else f"{type(exc).__name__}: {exc}"
+        fail_job(context.database, claim, error)
+        return {"job_id": job_id, "state": "failed", "error": error}
+    finish_job(context.database, claim, summary)
+    log.info(
+        "job %d done: study %s, %d instance(s), %d decoded",
+        job_id,
+        claim.study_instance_uid,
+        summary["instances"],
+        summary["decoded"],
+    )
+    return summary
