@@ -1,0 +1,341 @@
+"""Event handlers of the listener: C-ECHO, C-STORE and association events.
+
+The C-STORE handler never decodes the data set. It takes the bytes pynetdicom received
+(:meth:`pynetdicom.events.Event.encoded_dataset`'s buffer), walks their element headers for
+four UIDs (:mod:`node.scp.dataset_header`), writes File Meta Information plus those bytes
+atomically into the spool (:mod:`node.spool`), commits the instance row (:mod:`node.ingest`)
+and only then answers Success. Each refusal has its own status (:mod:`node.scp.statuses`) and
+one log line carrying UIDs, AE titles and the reason, never patient attributes.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from io import BytesIO
+from typing import TYPE_CHECKING
+
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
+from sqlalchemy.exc import SQLAlchemyError
+
+from node.db import Database
+from node.dicom_uids import is_valid_uid
+from node.ingest import IngestOutcome, ReceivedInstance, StoredInstance, is_stored, record_instance
+from node.scp import statuses
+from node.scp.dataset_header import (
+    SERIES_INSTANCE_UID,
+    SOP_CLASS_UID,
+    SOP_INSTANCE_UID,
+    STUDY_INSTANCE_UID,
+    CorruptDatasetError,
+    read_header,
+)
+from node.spool import Spool, is_disk_full
+
+if TYPE_CHECKING:
+    from pynetdicom.events import Event
+
+    from node.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: DICOM Part 10 preamble and prefix (PS3.10 7.1).
+_PREAMBLE = b"\x00" * 128 + b"DICM"
+
+InstanceCallback = Callable[[StoredInstance], None]
+
+
+def _peer(event: "Event") -> tuple[str, str, str]:
+    assoc = event.assoc
+    calling = (assoc.requestor.ae_title or "").strip()
+    called = (assoc.acceptor.ae_title or "").strip()
+    address = f"{assoc.requestor.address}:{assoc.requestor.port}"
+    return calling, called, address
+
+
+def handle_echo(event: "Event") -> int:
+    """EVT_C_ECHO: answer Success (PS3.7 9.1.5.1.4)."""
+    calling, _called, address = _peer(event)
+    log.info("C-ECHO from %s (%s): success", calling, address)
+    return statuses.SUCCESS
+
+
+def _file_meta(event: "Event", calling_aet: str) -> bytes:
+    """Encoded File Meta Information for the received data set (PS3.10 7.1)."""
+    meta = event.file_meta  # SOP Class/Instance from the request, transfer syntax of the context
+    if calling_aet:
+        meta.SourceApplicationEntityTitle = calling_aet
+    buffer = DicomBytesIO()
+    buffer.is_little_endian = True
+    buffer.is_implicit_VR = False
+    write_file_meta_info(buffer, meta, enforce_standard=True)
+    return _PREAMBLE + buffer.getvalue()
+
+
+class StoreHandler:
+    """EVT_C_STORE handler bound to one node's settings, database and spool.
+
+    Parameters
+    ----------
+    settings:
+        Reads ``max_instance_bytes``.
+    database:
+        Where instance and study rows are committed.
+    spool:
+        Where files are written.
+    on_instance_stored:
+        Called after each new instance is durable and committed (not for duplicates), from
+        the association's thread; it must be quick and must not raise (an exception is
+        logged and does not change the answer, which is already decided).
+    """
+
+    def __init__(
+        self,
+        settings: "Settings",
+        database: Database,
+        spool: Spool,
+        on_instance_stored: InstanceCallback | None = None,
+    ) -> None:
+        self.max_instance_bytes = settings.max_instance_bytes
+        self.database = database
+        self.spool = spool
+        self.on_instance_stored = on_instance_stored
+
+    def __call__(self, event: "Event") -> int:
+        calling, called, _address = _peer(event)
+        request = event.request
+        affected_sop_instance = str(request.AffectedSOPInstanceUID or "")
+        affected_sop_class = str(request.AffectedSOPClassUID or "")
+        transfer_syntax = str(event.context.transfer_syntax)
+        data_set = request.DataSet
+        if not isinstance(data_set, BytesIO):
+            log.error("C-STORE from %s: no data set received for %s", calling, affected_sop_instance)
+            return statuses.CANNOT_UNDERSTAND_CORRUPT
+        view = data_set.getbuffer()
+        try:
+            return self._store(event, view, calling, called, affected_sop_class, affected_sop_instance, transfer_syntax)
+        finally:
+            view.release()
+
+    def _refuse(self, status: int, calling: str, sop_instance: str, reason: str) -> int:
+        log.warning(
+            "C-STORE from %s refused with 0x%04X (%s): instance %s: %s",
+            calling,
+            status,
+            statuses.status_name(status),
+            sop_instance if is_valid_uid(sop_instance, strict=False) else "<invalid UID>",
+            reason,
+        )
+        return status
+
+    def _store(
+        self,
+        event: "Event",
+        view: memoryview,
+        calling: str,
+        called: str,
+        affected_sop_class: str,
+        affected_sop_instance: str,
+        transfer_syntax: str,
+    ) -> int:
+        size = view.nbytes
+        if size > self.max_instance_bytes:
+            return self._refuse(
+                statuses.OUT_OF_RESOURCES_TOO_LARGE,
+                calling,
+                affected_sop_instance,
+                f"{size} bytes is over the limit of {self.max_instance_bytes} (CXR_NODE_MAX_INSTANCE_BYTES)",
+            )
+        try:
+            header = read_header(view, transfer_syntax)
+        except CorruptDatasetError as error:
+            return self._refuse(
+                statuses.CANNOT_UNDERSTAND_CORRUPT, calling, affected_sop_instance, f"{error} ({transfer_syntax})"
+            )
+        if not header.has_pixel_data:
+            return self._refuse(
+                statuses.DATASET_WITHOUT_PIXEL_DATA, calling, affected_sop_instance, "no Pixel Data (7FE0,0010)"
+            )
+        uids: dict[str, str] = {}
+        for name, tag in (
+            ("Study Instance UID", STUDY_INSTANCE_UID),
+            ("Series Instance UID", SERIES_INSTANCE_UID),
+            ("SOP Instance UID", SOP_INSTANCE_UID),
+            ("SOP Class UID", SOP_CLASS_UID),
+        ):
+            value = header.get(tag)
+            if value is None or not is_valid_uid(value, strict=False):
+                return self._refuse(
+                    statuses.CANNOT_UNDERSTAND_INVALID_UID,
+                    calling,
+                    affected_sop_instance,
+                    f"{name} is missing or not a UID",
+                )
+            uids[name] = value
+        study_uid = uids["Study Instance UID"]
+        series_uid = uids["Series Instance UID"]
+        sop_uid = uids["SOP Instance UID"]
+        sop_class = uids["SOP Class UID"]
+        if sop_uid != affected_sop_instance:
+            return self._refuse(
+                statuses.CANNOT_UNDERSTAND_INSTANCE_MISMATCH,
+                calling,
+                affected_sop_instance,
+                f"data set says SOP Instance UID {sop_uid}",
+            )
+        if sop_class != affected_sop_class:
+            return self._refuse(
+                statuses.DATASET_SOP_CLASS_MISMATCH,
+                calling,
+                sop_uid,
+                f"data set says SOP Class {sop_class}, the request {affected_sop_class}",
+            )
+
+        try:
+            if is_stored(self.database, sop_uid):
+                log.info("C-STORE from %s: instance %s already stored; success (duplicate)", calling, sop_uid)
+                return statuses.SUCCESS
+        except SQLAlchemyError as error:
+            log.error("C-STORE from %s: database unavailable for %s: %s", calling, sop_uid, type(error).__name__)
+            return statuses.OUT_OF_RESOURCES_DATABASE
+
+        try:
+            spooled = self.spool.write(study_uid, series_uid, sop_uid, (_file_meta(event, calling), view))
+        except OSError as error:
+            kind = "disk full" if is_disk_full(error) else "I/O error"
+            return self._refuse(
+                statuses.OUT_OF_RESOURCES_SPOOL_WRITE, calling, sop_uid, f"spool write failed ({kind}: {error.strerror})"
+            )
+
+        item = ReceivedInstance(
+            study_instance_uid=study_uid,
+            series_instance_uid=series_uid,
+            sop_instance_uid=sop_uid,
+            sop_class_uid=sop_class,
+            transfer_syntax_uid=transfer_syntax,
+            path=spooled.relative_path,
+            size_bytes=spooled.size_bytes,
+            calling_aet=calling or None,
+            called_aet=called or None,
+        )
+        try:
+            stored = record_instance(self.database, item)
+        except SQLAlchemyError as error:
+            # No row, no Success: remove the file so that the spool holds only recorded instances.
+            # The sender retries; the retry writes the file again.
+            self.spool.remove(spooled.relative_path)
+            return self._refuse(
+                statuses.OUT_OF_RESOURCES_DATABASE, calling, sop_uid, f"database error ({type(error).__name__})"
+            )
+
+        if stored.outcome is IngestOutcome.DUPLICATE:
+            log.info("C-STORE from %s: instance %s already stored; success (duplicate)", calling, sop_uid)
+            return statuses.SUCCESS
+        log.info(
+            "C-STORE from %s: stored instance %s of study %s (%s, %d bytes, %s, generation %d)",
+            calling,
+            sop_uid,
+            study_uid,
+            stored.outcome.value,
+            spooled.size_bytes,
+            transfer_syntax,
+            stored.generation,
+        )
+        if self.on_instance_stored is not None:
+            try:
+                self.on_instance_stored(stored)
+            except Exception:  # the instance is durable and committed; the answer stays Success
+                log.exception("on_instance_stored callback failed for instance %s", sop_uid)
+        return statuses.SUCCESS
+
+
+# --- association events ------------------------------------------------------------------
+def make_disk_watermark_check(spool: Spool, min_free_bytes: int) -> Callable[["Event"], None]:
+    """EVT_REQUESTED handler: reject a new association while free disk is under the watermark.
+
+    Runs when the A-ASSOCIATE-RQ arrives, before any data is sent, so the sender sees a
+    transient rejection (:data:`node.scp.statuses.REJECT_LOW_DISK`) and retries later instead
+    of failing in the middle of a study. pynetdicom documents EVT_REQUESTED as the place to
+    send an A-ASSOCIATE-RJ yourself; we follow its own rejection path (send, notify, kill).
+    """
+    from pynetdicom import evt
+
+    reject = statuses.REJECT_LOW_DISK
+
+    def check(event: "Event") -> None:
+        free = spool.free_bytes()
+        if free >= min_free_bytes:
+            return
+        assoc = event.assoc
+        primitive = assoc.requestor.primitive
+        calling = (getattr(primitive, "calling_ae_title", "") or "").strip()
+        log.warning(
+            "rejecting association from %s (%s:%s): free disk %d bytes under the watermark of %d "
+            "(CXR_NODE_MIN_FREE_DISK_BYTES); answered %s",
+            calling,
+            assoc.requestor.address,
+            assoc.requestor.port,
+            free,
+            min_free_bytes,
+            statuses.rejection_name(reject.result, reject.source, reject.reason),
+        )
+        assoc.acse.send_reject(reject.result, reject.source, reject.reason)
+        evt.trigger(assoc, evt.EVT_REJECTED, {})
+        assoc.kill()
+
+    return check
+
+
+def log_rejected(event: "Event") -> None:
+    """EVT_REJECTED: one line naming the peer and the reason."""
+    assoc = event.assoc
+    rq = assoc.requestor.primitive
+    rj = assoc.acceptor.primitive
+    log.warning(
+        "association from %s (%s:%s) to %s rejected, %s",
+        (getattr(rq, "calling_ae_title", "") or "").strip(),
+        assoc.requestor.address,
+        assoc.requestor.port,
+        (getattr(rq, "called_ae_title", "") or "").strip(),
+        statuses.rejection_name(
+            getattr(rj, "result", None), getattr(rj, "result_source", None), getattr(rj, "diagnostic", None)
+        ),
+    )
+
+
+def log_accepted(event: "Event") -> None:
+    """EVT_ACCEPTED: the peer, and a warning when no presentation context was accepted."""
+    assoc = event.assoc
+    calling = (assoc.requestor.ae_title or "").strip()
+    accepted = assoc.accepted_contexts
+    if not accepted:
+        proposed = sorted({str(cx.abstract_syntax) for cx in assoc.requestor.requested_contexts})
+        log.warning(
+            "association from %s (%s:%s) accepted with no presentation context: none of the proposed "
+            "SOP Classes/transfer syntaxes is supported (%s)",
+            calling,
+            assoc.requestor.address,
+            assoc.requestor.port,
+            ", ".join(proposed),
+        )
+        return
+    log.info(
+        "association from %s (%s:%s) accepted, %d presentation context(s)",
+        calling,
+        assoc.requestor.address,
+        assoc.requestor.port,
+        len(accepted),
+    )
+
+
+def log_aborted(event: "Event") -> None:
+    """EVT_ABORTED: a peer or network abort (an unfinished C-STORE is then not stored)."""
+    assoc = event.assoc
+    log.warning(
+        "association from %s (%s:%s) aborted",
+        (assoc.requestor.ae_title or "").strip(),
+        assoc.requestor.address,
+        assoc.requestor.port,
+    )
+

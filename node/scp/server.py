@@ -1,0 +1,135 @@
+"""The DICOM listener: a pynetdicom Application Entity serving C-ECHO and C-STORE.
+
+Public API (used by ``cxr-node serve`` through :mod:`node.service`)::
+
+    ae = build_application_entity(settings)            # configured, not listening
+    handle = start_listener(settings, database, on_instance_stored=callback)
+    handle.port                                          # the bound TCP port (settings.port, or
+                                                         # the one the OS chose for port 0)
+    handle.shutdown()                                    # stop listening, abort open associations
+
+:func:`start_listener` does not block: pynetdicom serves in a background thread, one thread per
+association. ``database`` must already be at the schema head (``Database.ensure_schema()``).
+``on_instance_stored`` is called with a :class:`node.ingest.StoredInstance` after each new
+instance is durable and committed, from the association's thread; keep it short (e.g. wake the
+completion scanner).
+
+Settings used: ``ae_title``, ``host``, ``port``, ``require_called_aet``,
+``allowed_calling_aets`` (empty: everyone), ``max_pdu_size`` (0: unlimited),
+``max_associations``, ``max_instance_bytes``, ``min_free_disk_bytes``, ``dimse_timeout``,
+``network_timeout``, ``acse_timeout``, ``data_dir`` (spool under ``settings.spool_dir``).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from pynetdicom import AE, evt
+from pynetdicom.transport import ThreadedAssociationServer
+
+from node.db import Database
+from node.scp.contexts import supported_contexts
+from node.scp.handlers import (
+    InstanceCallback,
+    StoreHandler,
+    handle_echo,
+    log_aborted,
+    log_accepted,
+    log_rejected,
+    make_disk_watermark_check,
+)
+from node.spool import Spool
+
+if TYPE_CHECKING:
+    from node.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def build_application_entity(settings: "Settings") -> AE:
+    """A pynetdicom AE configured from ``settings``: contexts, AE title checks, limits, timeouts.
+
+    The called AE title check and the calling AE allow-list are pynetdicom's own
+    (``AE.require_called_aet``, ``AE.require_calling_aet``); their rejections are listed in
+    :mod:`node.scp.statuses`.
+    """
+    ae = AE(ae_title=settings.ae_title)
+    ae.supported_contexts = supported_contexts()
+    ae.require_called_aet = settings.require_called_aet
+    ae.require_calling_aet = list(settings.allowed_calling_aets)
+    ae.maximum_pdu_size = settings.max_pdu_size
+    ae.maximum_associations = settings.max_associations
+    ae.dimse_timeout = settings.dimse_timeout
+    ae.network_timeout = settings.network_timeout
+    ae.acse_timeout = settings.acse_timeout
+    return ae
+
+
+@dataclass
+class ListenerHandle:
+    """A running listener. :meth:`shutdown` is idempotent."""
+
+    ae: AE
+    server: ThreadedAssociationServer
+    spool: Spool
+    _stopped: bool = field(default=False, repr=False)
+
+    @property
+    def port(self) -> int:
+        """The TCP port the listener is bound to."""
+        return int(self.server.server_address[1])
+
+    @property
+    def host(self) -> str:
+        return str(self.server.server_address[0])
+
+    def shutdown(self) -> None:
+        """Stop accepting associations, abort the open ones and close the socket."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self.ae.shutdown()
+        log.info("DICOM listener on port %d stopped", self.port)
+
+
+def start_listener(
+    settings: "Settings",
+    database: Database,
+    *,
+    on_instance_stored: InstanceCallback | None = None,
+) -> ListenerHandle:
+    """Start the listener in the background and return its handle (see the module docstring).
+
+    Creates the spool directory and removes ``.part`` files an interrupted write left behind.
+    Raises ``OSError`` when the address cannot be bound (e.g. the port is in use).
+    """
+    spool = Spool(settings.spool_dir)
+    spool.ensure_root()
+    spool.remove_partials()
+    ae = build_application_entity(settings)
+    handlers: list[tuple] = [
+        (evt.EVT_C_ECHO, handle_echo),
+        (evt.EVT_C_STORE, StoreHandler(settings, database, spool, on_instance_stored)),
+        (evt.EVT_REJECTED, log_rejected),
+        (evt.EVT_ACCEPTED, log_accepted),
+        (evt.EVT_ABORTED, log_aborted),
+    ]
+    if settings.min_free_disk_bytes > 0:
+        handlers.append((evt.EVT_REQUESTED, make_disk_watermark_check(spool, settings.min_free_disk_bytes)))
+    server = ae.start_server((settings.host, settings.port), block=False, evt_handlers=handlers)
+    handle = ListenerHandle(ae, server, spool)
+    free = spool.free_bytes()
+    log.info(
+        "DICOM listener %s on %s:%d (spool %s, %d bytes free, watermark %d)",
+        settings.ae_title,
+        handle.host,
+        handle.port,
+        spool.root,
+        free,
+        settings.min_free_disk_bytes,
+    )
+    if free < settings.min_free_disk_bytes:
+        log.warning("free disk is already under the watermark: associations will be rejected until space is freed")
+    return handle

@@ -1,0 +1,174 @@
+"""The durable spool: received instances as DICOM Part 10 files on local disk.
+
+Layout, relative to the spool root (``settings.spool_dir``)::
+
+    <StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm
+
+Every component is a validated UID (:func:`node.dicom_uids.is_valid_uid`, lenient form), so no
+header text ever reaches a path. A file is written atomically: the bytes go to a temporary
+``.part`` file in the same directory, the file is fsync'ed, renamed over its final name and the
+directory is fsync'ed. A crash leaves either the old state or the complete file, never a torn
+one; stale ``.part`` files from a crash are removed by :meth:`Spool.remove_partials`.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import secrets
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from node.constants import DICOM_SUFFIX, PARTIAL_SUFFIX
+from node.dicom_uids import require_uid
+
+log = logging.getLogger(__name__)
+
+#: Permissions of spooled files (owner read/write, group read).
+FILE_MODE = 0o640
+
+
+@dataclass(frozen=True)
+class SpooledFile:
+    """A file durable in the spool.
+
+    ``relative_path`` is POSIX-style and relative to the spool root; it is what the database
+    stores in ``instances.path``.
+    """
+
+    path: Path
+    relative_path: str
+    size_bytes: int
+
+
+def _fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    """The spool directory tree under ``root``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    # --- paths ------------------------------------------------------------------------
+    @staticmethod
+    def relative_path(study_instance_uid: str, series_instance_uid: str, sop_instance_uid: str) -> str:
+        """``<study>/<series>/<sop>.dcm`` after validating each UID; raise ``ValueError`` otherwise."""
+        parts = (
+            require_uid(study_instance_uid, "Study Instance UID", strict=False),
+            require_uid(series_instance_uid, "Series Instance UID", strict=False),
+            require_uid(sop_instance_uid, "SOP Instance UID", strict=False) + DICOM_SUFFIX,
+        )
+        return str(PurePosixPath(*parts))
+
+    def path_of(self, relative_path: str) -> Path:
+        """Absolute path of a spool-relative path as stored in the database."""
+        relative = PurePosixPath(relative_path)
+        if relative.is_absolute() or ".." in relative.parts:
+            raise ValueError(f"spool path {relative_path!r} must be relative and stay inside the spool")
+        return self.root.joinpath(*relative.parts)
+
+    # --- writing ----------------------------------------------------------------------
+    def _make_dirs(self, directory: Path) -> None:
+        """Create ``directory`` and its missing parents, fsync'ing each parent that gained an entry."""
+        missing: list[Path] = []
+        current = directory
+        while not current.is_dir():
+            missing.append(current)
+            current = current.parent
+        for path in reversed(missing):
+            try:
+                path.mkdir(mode=0o750)
+            except FileExistsError:
+                continue  # another association created it at the same moment
+            _fsync_directory(path.parent)
+
+    def write(
+        self,
+        study_instance_uid: str,
+        series_instance_uid: str,
+        sop_instance_uid: str,
+        chunks: Iterable[bytes | memoryview],
+    ) -> SpooledFile:
+        """Write ``chunks`` (the whole Part 10 file, in order) durably to the instance's path.
+
+        Replaces an existing file of the same instance atomically. Raises ``ValueError`` for a
+        UID that is not valid and ``OSError`` when the disk refuses (``ENOSPC``, ``EIO``, ...);
+        in both cases nothing is left behind.
+        """
+        relative = self.relative_path(study_instance_uid, series_instance_uid, sop_instance_uid)
+        final = self.path_of(relative)
+        directory = final.parent
+        self._make_dirs(directory)
+        temporary = directory / f".{final.name}.{secrets.token_hex(4)}{PARTIAL_SUFFIX}"
+        size = 0
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+        try:
+            try:
+                for chunk in chunks:
+                    view = memoryview(chunk)
+                    while view:
+                        written = os.write(fd, view)
+                        view = view[written:]
+                        size += written
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(temporary, final)
+        except BaseException:
+            try:
+                temporary.unlink()
+            except FileNotFoundError:
+                pass
+            raise
+        _fsync_directory(directory)
+        return SpooledFile(final, relative, size)
+
+    def remove(self, relative_path: str) -> None:
+        """Remove a spooled file (used when its database row could not be committed)."""
+        path = self.path_of(relative_path)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return
+        _fsync_directory(path.parent)
+
+    # --- housekeeping -------------------------------------------------------------------
+    def ensure_root(self) -> None:
+        """Create the spool root if needed."""
+        self._make_dirs(self.root)
+
+    def remove_partials(self) -> int:
+        """Delete ``.part`` files a crash left behind; return how many. Call before listening."""
+        removed = 0
+        if not self.root.is_dir():
+            return 0
+        for path in self.root.rglob(f"*{PARTIAL_SUFFIX}"):
+            try:
+                path.unlink()
+                removed += 1
+            except FileNotFoundError:
+                continue
+        if removed:
+            log.warning("removed %d partial spool file(s) left by an interrupted write", removed)
+        return removed
+
+    def free_bytes(self) -> int:
+        """Free bytes available to this process on the spool's file system."""
+        target = self.root if self.root.exists() else self.root.parent
+        while not target.exists():
+            target = target.parent
+        return shutil.disk_usage(target).free
+
+
+def is_disk_full(error: OSError) -> bool:
+    """Whether ``error`` means the disk or quota is full (as opposed to another I/O failure)."""
+    return error.errno in (errno.ENOSPC, errno.EDQUOT)
