@@ -1,0 +1,223 @@
+"""Build the demo model store: the embedded default models, made by the project's own training code.
+
+``cxr-node models build-demo [--out DIR]`` (or ``python -m training.build_demo``) trains, from
+fixed seeds on synthetic phantoms:
+
+- the demo lung segmenter (``sam_tiny``, :func:`training.segmenter.train_demo_segmenter`);
+- one demo classifier per mask policy ``original``, ``loose``, ``tight`` (``cxr_tiny``,
+  :func:`training.classifier.train_demo_classifier`);
+
+and writes them as model-store versions (manifest, weights, ``MODEL_CARD.md`` saying NOT FOR
+CLINICAL USE) with an ``active.json`` naming them. Without ``--out`` it replaces the bundled store
+``models/demo_store``; the committed store is exactly what this command builds (same seeds, same
+versions, a fixed creation time, ``torch.set_num_threads(DEMO_THREADS)``), on the same kind of CPU:
+floating-point results of training can differ between CPU instruction sets, in which case
+``--check`` reports which weights differ.
+
+``--check`` builds into a temporary folder and compares every version's sha256 with the committed
+store's, exiting 1 on a difference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models.labels import FINDINGS, LUNG_SIDES
+from models.loading import CLASSIFIER_NORMALISATION, SEGMENTER_NORMALISATION
+from models.policies import MaskPolicy
+from models.segmenter import get_architecture
+from models.store import (
+    ACTIVE_FILENAME,
+    DEMO_STORE_DIR,
+    ROLE_CLASSIFIER,
+    ROLE_SEGMENTER,
+    ModelStore,
+    data_fingerprint,
+    write_version,
+)
+
+logger = logging.getLogger(__name__)
+
+#: Version string and creation time of every demo model (fixed, so that a rebuild is identical).
+DEMO_VERSION = "2026.11.25"
+DEMO_CREATED_AT = "2026-11-25T00:00:00+00:00"
+#: CPU threads used while building (results of float reductions can depend on it).
+DEMO_THREADS = 2
+DEMO_SEGMENTER_NAME = "demo_sam_tiny"
+DEMO_CLASSIFIER_NAME = "demo_cxr_tiny_{policy}"
+
+DEMO_INTENDED_USE_SEGMENTER = (
+    "Demonstration of the lung segmentation pipeline on synthetic chest phantoms. Trained on synthetic "
+    "phantoms only; NOT FOR CLINICAL USE: it has never seen a real radiograph."
+)
+DEMO_INTENDED_USE_CLASSIFIER = (
+    "Demonstration of five-finding classification (Mass, Nodule, Pneumonia, Edema, Fibrosis) under the "
+    "'{policy}' lung-mask policy on synthetic chest phantoms. Trained on synthetic phantoms only; NOT FOR "
+    "CLINICAL USE: its probabilities say nothing about real patients."
+)
+
+
+def _numbers(prefix: str, data: Any) -> dict[str, float]:
+    """Flatten nested metrics to ``{"a.b": number}``, dropping None and non-numbers."""
+    out: dict[str, float] = {}
+    if isinstance(data, dict):
+        for key, value in data.items():
+            out.update(_numbers(f"{prefix}.{key}" if prefix else str(key), value))
+    elif isinstance(data, (int, float)) and not isinstance(data, bool) and math.isfinite(float(data)):
+        out[prefix] = float(data)
+    return out
+
+
+def _write_segmenter(root: Path, work: Path, seed: int, progress: bool) -> str:
+    from training.segmenter import train_demo_segmenter
+
+    produced = Path(train_demo_segmenter(work / "segmenter", seed=seed))
+    folder = produced if produced.is_dir() else produced.parent
+    weights = folder / "weights.pt"
+    report = json.loads((folder / "training.json").read_text()) if (folder / "training.json").is_file() else {}
+    architecture = report.get("architecture", "sam_tiny")
+    size = get_architecture(architecture).image_size
+    training_data = report.get("training_data", {"generator": "training.phantoms.generate_phantom", "seed": seed})
+    metrics = _numbers("", report.get("metrics", report.get("held_out", {})))
+    version = write_version(
+        root,
+        role=ROLE_SEGMENTER,
+        name=DEMO_SEGMENTER_NAME,
+        version=DEMO_VERSION,
+        architecture=architecture,
+        weights=torch.load(weights, map_location="cpu", weights_only=True),
+        input_size=(size, size),
+        channels=3,
+        normalisation=SEGMENTER_NORMALISATION,
+        labels=LUNG_SIDES,
+        metrics=metrics,
+        intended_use=DEMO_INTENDED_USE_SEGMENTER,
+        training_data_description=(
+            "Synthetic PA chest phantoms (training.phantoms.generate_phantom) with their true lung masks; "
+            f"recipe {json.dumps(training_data, sort_keys=True)}"
+        ),
+        training_data_fingerprint=training_data.get("fingerprint") or data_fingerprint(training_data),
+        clinical_use=False,
+        created_at=DEMO_CREATED_AT,
+    )
+    return version.ref
+
+
+def _write_classifier(root: Path, work: Path, policy: str, seed: int, progress: bool) -> str:
+    from training.classifier import load_demo_metadata, train_demo_classifier
+
+    folder = Path(train_demo_classifier(work / f"classifier_{policy}", policy, seed=seed, progress=progress))
+    meta = load_demo_metadata(folder)
+    training_data = dict(meta["training_data"])
+    fingerprint = training_data.pop("fingerprint", None) or data_fingerprint(training_data)
+    version = write_version(
+        root,
+        role=ROLE_CLASSIFIER,
+        name=DEMO_CLASSIFIER_NAME.format(policy=policy),
+        version=DEMO_VERSION,
+        architecture=meta["architecture"],
+        parameters={"mean": float(meta["mean"]), "std": float(meta["std"])},
+        weights=torch.load(folder / "weights.pt", map_location="cpu", weights_only=True),
+        input_size=(int(meta["input_size"]), int(meta["input_size"])),
+        channels=1,
+        normalisation=CLASSIFIER_NORMALISATION,
+        labels=meta["labels"],
+        policy=policy,
+        thresholds=meta["thresholds"],
+        metrics=_numbers("", meta.get("metrics", {})),
+        intended_use=DEMO_INTENDED_USE_CLASSIFIER.format(policy=policy),
+        training_data_description=(
+            f"Synthetic PA chest phantoms with injected findings ({', '.join(FINDINGS)}), ground-truth lung "
+            f"masks, '{policy}' policy applied; recipe {json.dumps(training_data, sort_keys=True)}"
+        ),
+        training_data_fingerprint=fingerprint,
+        clinical_use=False,
+        created_at=DEMO_CREATED_AT,
+    )
+    return version.ref
+
+
+def build_demo_store(out: Path | None = None, *, seed: int = 0, progress: bool = True) -> Path:
+    """Train the demo models and write them as a complete store root at ``out``.
+
+    Parameters
+    ----------
+    out : the store root to (re)write; default the bundled ``models/demo_store``. Its previous
+        content is replaced only once the new store is complete.
+    seed : base seed of every training run (the committed store uses 0).
+
+    Returns
+    -------
+    Path : ``out``.
+    """
+    out = Path(out) if out is not None else DEMO_STORE_DIR
+    threads = torch.get_num_threads()
+    torch.set_num_threads(DEMO_THREADS)
+    started = time.perf_counter()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="demo-build-") as tmp:
+            work = Path(tmp) / "work"
+            staging = Path(tmp) / "store"
+            store = ModelStore(staging, fallback=None)
+            seg_ref = _write_segmenter(staging, work, seed, progress)
+            store.promote(ROLE_SEGMENTER, seg_ref)
+            for policy in MaskPolicy:
+                ref = _write_classifier(staging, work, policy.value, seed, progress)
+                store.promote(ROLE_CLASSIFIER, ref, policy=policy.value)
+            problems = [(ref, error) for ref, error in store.verify() if error]
+            if problems:
+                raise RuntimeError(f"the demo store just built does not verify: {problems}")
+            if out.exists():
+                shutil.rmtree(out)
+            shutil.copytree(staging, out)
+    finally:
+        torch.set_num_threads(threads)
+    logger.info("demo store built at %s in %.0f s", out, time.perf_counter() - started)
+    return out
+
+
+def compare_stores(built: Path, committed: Path) -> list[str]:
+    """Differences between two store roots: versions, weights sha256 and active entries."""
+    a = {v.ref: v.manifest.sha256 for v in ModelStore(built, fallback=None).list_versions()}
+    b = {v.ref: v.manifest.sha256 for v in ModelStore(committed, fallback=None).list_versions()}
+    problems = [f"{ref}: only in {committed}" for ref in sorted(set(b) - set(a))]
+    problems += [f"{ref}: only in the new build" for ref in sorted(set(a) - set(b))]
+    problems += [f"{ref}: weights differ (sha256 {a[ref][:12]} vs {b[ref][:12]})" for ref in sorted(set(a) & set(b)) if a[ref] != b[ref]]
+    if (built / ACTIVE_FILENAME).read_text() != (committed / ACTIVE_FILENAME).read_text():
+        problems.append("active.json differs")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Build the demo model store (NOT FOR CLINICAL USE).")
+    parser.add_argument("--out", type=Path, default=None, help="store root (default: models/demo_store)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--check", action="store_true", help="build into a temporary folder and compare with --out")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.check:
+        committed = args.out or DEMO_STORE_DIR
+        with tempfile.TemporaryDirectory(prefix="demo-check-") as tmp:
+            built = build_demo_store(Path(tmp) / "store", seed=args.seed)
+            problems = compare_stores(built, committed)
+        for problem in problems:
+            print(problem)
+        print("identical" if not problems else f"{len(problems)} difference(s)")
+        return 1 if problems else 0
+    build_demo_store(args.out, seed=args.seed)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
