@@ -1,0 +1,177 @@
+"""C-STORE SCU: send output files to one destination over one association.
+
+A PACS may reject an association that proposes every storage SOP class (see
+``../shared/FACTS.md``: Orthanc refuses a SEG from ``storescu`` without ``-R``). So the
+association proposes exactly what is sent: one presentation context per distinct
+(SOP Class UID, Transfer Syntax UID) pair of the files, nothing else (PS3.8 7.1.1.13).
+
+Statuses (PS3.4 Annex B.2.3, PS3.7 Annex C): ``0x0000`` Success and the Storage warnings
+``0xB000`` (coercion of data elements), ``0xB007`` (data set does not match SOP class) and
+``0xB006`` (elements discarded) mean the object was stored; every other answer, and no answer
+at all, is a failure of that object.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom.uid import UID
+from pynetdicom import AE
+
+from node.settings import RemoteNode
+
+log = logging.getLogger(__name__)
+
+STATUS_SUCCESS = 0x0000
+#: Storage warnings that still mean "stored" (PS3.4 Table B.2-1).
+WARNING_STATUSES = frozenset({0xB000, 0xB007, 0xB006})
+#: PS3.8 9.3.2.2: at most 128 presentation contexts (odd IDs 1..255) in one association.
+MAX_PRESENTATION_CONTEXTS = 128
+
+
+@dataclass(frozen=True)
+class StoreItem:
+    """One DICOM Part 10 file to send, with the identifiers the contexts are built from."""
+
+    path: Path
+    sop_class_uid: str
+    sop_instance_uid: str
+    transfer_syntax_uid: str
+
+
+@dataclass(frozen=True)
+class StoreOutcome:
+    """What the destination answered for one item.
+
+    ``status`` is the DIMSE status (``None`` when no answer came: connection refused,
+    association rejected or aborted, timeout); ``error`` says what went wrong, ``None`` when
+    the object was stored.
+    """
+
+    sop_instance_uid: str
+    status: int | None
+    error: str | None = None
+
+    @property
+    def stored(self) -> bool:
+        """True for Success and the storage warnings 0xB000, 0xB007, 0xB006."""
+        return self.error is None and self.status is not None and is_stored_status(self.status)
+
+
+def is_stored_status(status: int) -> bool:
+    """True when a C-STORE status means the object was stored (Success or a storage warning)."""
+    return status == STATUS_SUCCESS or status in WARNING_STATUSES
+
+
+def presentation_contexts(items: Sequence[StoreItem]) -> list[tuple[str, str]]:
+    """The distinct (SOP Class UID, Transfer Syntax UID) pairs of ``items``, in first-seen order.
+
+    Raises ``ValueError`` when they do not fit one association (128 contexts).
+    """
+    pairs = list(dict.fromkeys((item.sop_class_uid, item.transfer_syntax_uid) for item in items))
+    if len(pairs) > MAX_PRESENTATION_CONTEXTS:
+        raise ValueError(
+            f"{len(pairs)} distinct SOP class / transfer syntax pairs do not fit one association "
+            f"(at most {MAX_PRESENTATION_CONTEXTS}); send them in smaller batches"
+        )
+    return pairs
+
+
+def _uid_name(uid: str) -> str:
+    name = UID(uid).name
+    return f"{name} ({uid})" if name and name != uid else uid
+
+
+def send_files(
+    destination: RemoteNode,
+    items: Sequence[StoreItem],
+    *,
+    calling_aet: str,
+    acse_timeout: float = 30.0,
+    dimse_timeout: float = 60.0,
+    network_timeout: float = 60.0,
+    max_pdu: int = 0,
+) -> list[StoreOutcome]:
+    """C-STORE ``items`` to ``destination`` in one association; one outcome per item, same order.
+
+    Only the (SOP class, transfer syntax) pairs of ``items`` are proposed. An item whose
+    context the destination rejected fails with a message naming both UIDs; a failed
+    association fails every item with the reason (refused connection, A-ASSOCIATE-RJ with
+    its result/source/reason, abort). This function does not raise for network trouble.
+    """
+    if not items:
+        return []
+    pairs = presentation_contexts(items)
+    ae = AE(ae_title=calling_aet)
+    ae.acse_timeout = acse_timeout
+    ae.dimse_timeout = dimse_timeout
+    ae.network_timeout = network_timeout
+    for sop_class_uid, transfer_syntax_uid in pairs:
+        ae.add_requested_context(sop_class_uid, [transfer_syntax_uid])
+
+    log.info(
+        "associating %s -> %s with %d context(s) for %d object(s)", calling_aet, destination, len(pairs), len(items)
+    )
+    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title, max_pdu=max_pdu)
+    if not assoc.is_established:
+        reason = _association_failure(assoc, destination)
+        log.warning("delivery to %s failed: %s", destination, reason)
+        return [StoreOutcome(item.sop_instance_uid, None, reason) for item in items]
+
+    accepted = {(cx.abstract_syntax, cx.transfer_syntax[0]) for cx in assoc.accepted_contexts}
+    outcomes: list[StoreOutcome] = []
+    try:
+        for item in items:
+            outcomes.append(_store_one(assoc, item, accepted, destination))
+            if not assoc.is_established:
+                break
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    lost = f"association with {destination} ended before this object was sent (aborted or released by the peer)"
+    outcomes += [StoreOutcome(item.sop_instance_uid, None, lost) for item in items[len(outcomes) :]]
+    return outcomes
+
+
+def _store_one(assoc, item: StoreItem, accepted: set[tuple[str, str]], destination: RemoteNode) -> StoreOutcome:  # type: ignore[no-untyped-def]
+    if (item.sop_class_uid, item.transfer_syntax_uid) not in accepted:
+        return StoreOutcome(
+            item.sop_instance_uid,
+            None,
+            f"{destination} rejected the presentation context for {_uid_name(item.sop_class_uid)} "
+            f"in {_uid_name(item.transfer_syntax_uid)}; configure the destination to accept it",
+        )
+    try:
+        answer = assoc.send_c_store(item.path)
+    except (OSError, ValueError, AttributeError) as exc:  # unreadable file, context mismatch in the file
+        return StoreOutcome(item.sop_instance_uid, None, f"could not send {item.path.name}: {exc}")
+    status = answer.get("Status") if answer is not None else None
+    if status is None:
+        return StoreOutcome(
+            item.sop_instance_uid, None, f"no C-STORE response from {destination} (timeout, abort or invalid answer)"
+        )
+    status = int(status)
+    if is_stored_status(status):
+        if status != STATUS_SUCCESS:
+            log.info("%s stored %s with warning 0x%04X", destination, item.sop_instance_uid, status)
+        return StoreOutcome(item.sop_instance_uid, status)
+    comment = answer.get("ErrorComment")
+    detail = f": {comment}" if comment else ""
+    return StoreOutcome(item.sop_instance_uid, status, f"{destination} answered C-STORE status 0x{status:04X}{detail}")
+
+
+def _association_failure(assoc, destination: RemoteNode) -> str:  # type: ignore[no-untyped-def]
+    primitive = getattr(assoc.acceptor, "primitive", None)
+    if assoc.is_rejected and primitive is not None:
+        return (
+            f"{destination} rejected the association ({primitive.result_str}, source: {primitive.source_str}, "
+            f"reason: {primitive.reason_str})"
+        )
+    if primitive is not None and getattr(primitive, "result", None) == 0x00:
+        return f"{destination} accepted none of the proposed presentation contexts"
+    if assoc.is_aborted and primitive is not None:
+        return f"{destination} aborted the association"
+    return f"could not associate with {destination}: connection refused, unreachable or no answer in time"

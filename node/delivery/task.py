@@ -1,0 +1,238 @@
+"""The ``deliver`` task (queue ``delivery``), the sweeps that wake it, and ``resend``.
+
+One wake-up carries the ids of pending deliveries to one destination. The task claims the
+due ones (:func:`node.delivery.records.claim_due`), sends their files in one association
+(:func:`node.delivery.scu.send_files`), records an attempt per delivery, and for those that
+failed and have attempts left schedules one more wake-up after the backoff delay. A wake-up
+lost to a restart is found again by :func:`requeue_pending_deliveries` (at start-up) and by
+:func:`sweep_overdue` (periodically), because the database holds ``next_attempt_at``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+
+from node.constants import QUEUE_DELIVERY, TASK_DELIVER, DeliveryState, StudyState
+from node.db import Database
+from node.db.schema import Delivery, Job, OutputObject, Study, utcnow
+from node.delivery.destinations import destinations_for
+from node.delivery.policy import RetryPolicy
+from node.delivery.records import (
+    claim_due,
+    create_deliveries,
+    pending_by_destination,
+    record_outcomes,
+    reset_for_resend,
+)
+from node.delivery.scu import send_files
+from node.settings import RemoteNode, Settings
+from node.tasks.context import TaskContext
+from node.tasks.registry import startup_sweep, task
+
+log = logging.getLogger(__name__)
+
+#: A pending delivery overdue by this much has lost its wake-up; the periodic sweep re-sends it.
+OVERDUE_GRACE_SECONDS = 30.0
+
+
+def lease_seconds(settings: Settings, object_count: int) -> float:
+    """How long a claim holds: the association set-up plus one DIMSE exchange per object, and slack."""
+    return settings.acse_timeout + settings.network_timeout + settings.dimse_timeout * (object_count + 1)
+
+
+@task(TASK_DELIVER, queue=QUEUE_DELIVERY)
+def deliver(delivery_ids: list[int], *, context: TaskContext) -> dict[str, object]:
+    """Send the due deliveries among ``delivery_ids``; return counts per resulting state.
+
+    Deliveries to several destinations are sent one association per destination. Failed ones
+    with attempts left get a wake-up after their backoff delay; exhausted ones are failed.
+    """
+    return deliver_now(context.database, context.settings, delivery_ids, dispatcher=context.dispatcher)
+
+
+def deliver_now(
+    database: Database, settings: Settings, delivery_ids: Sequence[int], *, dispatcher: object | None = None
+) -> dict[str, object]:
+    """The body of :func:`deliver`, callable without a task context (``cxr-node resend``).
+
+    With ``dispatcher`` (a :class:`node.tasks.dispatch.Dispatcher`), retries are scheduled as
+    ``deliver`` wake-ups with a countdown; without, they stay pending in the database for the
+    node's sweeps.
+    """
+    policy = RetryPolicy.from_settings(settings)
+    claimed = claim_due(
+        database, delivery_ids, lease_seconds=lease_seconds(settings, len(delivery_ids)), output_dir=settings.output_dir
+    )
+    counts: dict[str, int] = {}
+    retries: dict[str, list[tuple[int, float]]] = {}
+    by_destination: dict[str, list] = {}
+    for claim in claimed:
+        by_destination.setdefault(claim.destination, []).append(claim)
+    for destination, claims in by_destination.items():
+        started = utcnow()
+        outcomes = send_files(
+            RemoteNode.parse(destination),
+            [c.item for c in claims],
+            calling_aet=settings.ae_title,
+            acse_timeout=settings.acse_timeout,
+            dimse_timeout=settings.dimse_timeout,
+            network_timeout=settings.network_timeout,
+            max_pdu=settings.max_pdu_size,
+        )
+        recorded = record_outcomes(database, claims, outcomes, policy=policy, started_at=started)
+        for outcome, entry in zip(outcomes, recorded):
+            counts[entry.state] = counts.get(entry.state, 0) + 1
+            if entry.retry_in_seconds is not None:
+                retries.setdefault(destination, []).append((entry.delivery_id, entry.retry_in_seconds))
+            log.info(
+                "delivery %d of %s to %s: %s%s",
+                entry.delivery_id,
+                outcome.sop_instance_uid,
+                destination,
+                entry.state,
+                f" (retry in {entry.retry_in_seconds:g} s: {outcome.error})" if entry.retry_in_seconds else "",
+            )
+    if dispatcher is not None:
+        for destination, waiting in retries.items():
+            delay = max(seconds for _, seconds in waiting)
+            dispatcher.enqueue(TASK_DELIVER, [i for i, _ in waiting], countdown=delay)  # type: ignore[attr-defined]
+    update_study_delivery_states(database, [c.delivery_id for c in claimed])
+    return {"claimed": len(claimed), "states": counts}
+
+
+def enqueue_deliveries(dispatcher: object, delivery_ids_by_destination: dict[str, list[int]]) -> int:
+    """Send one ``deliver`` wake-up per destination; return how many were sent."""
+    sent = 0
+    for ids in delivery_ids_by_destination.values():
+        if ids:
+            dispatcher.enqueue(TASK_DELIVER, list(ids))  # type: ignore[attr-defined]
+            sent += 1
+    return sent
+
+
+def group_by_destination(database: Database, delivery_ids: Iterable[int]) -> dict[str, list[int]]:
+    """``{destination: [delivery ids]}`` for ``delivery_ids``."""
+    grouped: dict[str, list[int]] = {}
+    ids = list(delivery_ids)
+    if not ids:
+        return grouped
+    with database.session() as session:
+        for delivery_id, destination in session.execute(
+            select(Delivery.id, Delivery.destination).where(Delivery.id.in_(ids)).order_by(Delivery.id)
+        ):
+            grouped.setdefault(destination, []).append(delivery_id)
+    return grouped
+
+
+@startup_sweep("deliveries")
+def requeue_pending_deliveries(context: TaskContext) -> dict[str, int]:
+    """At start-up, wake every pending delivery (those not yet due wait for the periodic sweep)."""
+    grouped = pending_by_destination(context.database)
+    sent = enqueue_deliveries(context.dispatcher, grouped)
+    total = sum(len(v) for v in grouped.values())
+    if total:
+        log.info("start-up sweep: %d pending deliveries to %d destination(s) woken", total, sent)
+    return {"pending": total, "wakeups": sent}
+
+
+def sweep_overdue(database: Database, dispatcher: object, *, grace_seconds: float = OVERDUE_GRACE_SECONDS) -> int:
+    """Wake pending deliveries overdue by ``grace_seconds`` (lost wake-up or expired claim)."""
+    grouped = pending_by_destination(database, overdue_seconds=grace_seconds)
+    if grouped:
+        log.info("delivery sweep: waking %d overdue deliveries", sum(len(v) for v in grouped.values()))
+    return enqueue_deliveries(dispatcher, grouped)
+
+
+def update_study_delivery_states(database: Database, delivery_ids: Sequence[int]) -> None:
+    """Move the studies of these deliveries to ``delivered`` or ``failed`` once all are final.
+
+    Only the latest generation's job counts, and only a study that finished processing
+    (``done``, or already ``delivered``/``failed`` from an earlier round) is moved.
+    """
+    if not delivery_ids:
+        return
+    with database.session() as session:
+        jobs = session.execute(
+            select(Job.id, Job.study_id, Job.generation)
+            .join(OutputObject, OutputObject.job_id == Job.id)
+            .join(Delivery, Delivery.output_object_id == OutputObject.id)
+            .where(Delivery.id.in_(list(delivery_ids)))
+            .distinct()
+        ).all()
+        for job_id, study_id, generation in jobs:
+            states = set(
+                session.scalars(
+                    select(Delivery.state)
+                    .join(OutputObject, Delivery.output_object_id == OutputObject.id)
+                    .where(OutputObject.job_id == job_id)
+                )
+            )
+            if DeliveryState.PENDING.value in states or not states:
+                continue
+            target = StudyState.FAILED if DeliveryState.FAILED.value in states else StudyState.DELIVERED
+            session.execute(
+                update(Study)
+                .where(
+                    Study.id == study_id,
+                    Study.generation == generation,
+                    Study.state.in_([StudyState.DONE.value, StudyState.DELIVERED.value, StudyState.FAILED.value]),
+                )
+                .values(state=target.value, updated_at=utcnow())
+                .execution_options(synchronize_session=False)
+            )
+
+
+@dataclass(frozen=True)
+class ResendPlan:
+    """The deliveries ``resend`` reset, by destination, and the objects they carry."""
+
+    study_instance_uid: str
+    job_id: int
+    delivery_ids_by_destination: dict[str, list[int]]
+    sop_instance_uids: list[str]
+
+
+def plan_resend(database: Database, settings: Settings, study_instance_uid: str) -> ResendPlan:
+    """Reset the latest job's outputs of a study for sending again to its destinations.
+
+    The same objects (same files, same UIDs) go to every destination of the study (the
+    configured ones plus the sender if it is a known PACS), including destinations added
+    since; each delivery gets a fresh round of attempts and keeps its history.
+
+    Raises ``LookupError`` when the study is unknown or has no outputs yet.
+    """
+    with database.session() as session:
+        study = session.scalar(select(Study).where(Study.study_instance_uid == study_instance_uid))
+        if study is None:
+            raise LookupError(f"no study {study_instance_uid} in the database; check the UID with `cxr-node status`")
+        job_id = session.scalar(
+            select(OutputObject.job_id)
+            .join(Job, OutputObject.job_id == Job.id)
+            .where(Job.study_id == study.id)
+            .order_by(Job.generation.desc(), Job.id.desc())
+            .limit(1)
+        )
+        if job_id is None:
+            raise LookupError(f"study {study_instance_uid} has no output objects yet; nothing to resend")
+        outputs = list(session.scalars(select(OutputObject).where(OutputObject.job_id == job_id).order_by(OutputObject.id)))
+        destinations = destinations_for(settings, study.calling_aet)
+        if not destinations:
+            raise LookupError(
+                "no destination for this study: set CXR_NODE_DESTINATIONS, or CXR_NODE_KNOWN_PACS with the sender's AE title"
+            )
+        create_deliveries(session, [o.id for o in outputs], destinations)
+        wanted = {str(d) for d in destinations}
+        rows = [
+            d
+            for d in session.scalars(select(Delivery).where(Delivery.output_object_id.in_([o.id for o in outputs])))
+            if d.destination in wanted
+        ]
+        reset_for_resend(session, [d.id for d in rows])
+        grouped: dict[str, list[int]] = {}
+        for d in sorted(rows, key=lambda r: r.id):
+            grouped.setdefault(d.destination, []).append(d.id)
+        return ResendPlan(study_instance_uid, job_id, grouped, [o.sop_instance_uid for o in outputs])
