@@ -60,7 +60,7 @@ PLACEMENT_GRID = 128
 MASS_RADIUS_MM = (15.0, 30.0)
 NODULE_RADIUS_MM = (3.0, 8.0)
 
-#: Fraction of a region finding's peak density above which a pixel belongs to its lesion mask.
+#: Fraction of a region finding's peak (envelope) above which a pixel belongs to its lesion mask.
 REGION_MASK_FRACTION = 0.3
 
 #: File layout written by :func:`write_phantom_png` (read by ``training.datasets.folders``).
@@ -219,59 +219,58 @@ class _Finding:
 @dataclass
 class _Scene:
     body: np.ndarray
-    lungs: dict[str, np.ndarray]  # side -> closed polygon (normalised), before heart removal
-    heart: tuple[float, float, float, float, float]  # cx, cy, rx, ry, angle
-    mediastinum: np.ndarray  # polygon
+    lungs: dict[str, np.ndarray]  # side -> closed outline (normalised), reaching under the heart
+    silhouette: np.ndarray  # mediastinum + heart outline (closed polygon)
     trachea: np.ndarray  # polyline
     hila: dict[str, tuple[float, float]]
     spine_x: float
     spine_width: float
     ribs: list[np.ndarray]
     clavicles: list[np.ndarray]
-    vessels: list[tuple[np.ndarray, float]]  # polyline, width
+    vessels: list[tuple[np.ndarray, float, float]]  # polyline, width, strength
     bubble: tuple[float, float, float, float] | None
     fields: dict[str, np.ndarray]
     exposure: dict[str, float]
     findings: list[_Finding]
 
 
-def _lung_polygon(rng: np.random.Generator, side: str, cx: float, rot: float) -> np.ndarray:
+def _u(rng: np.random.Generator, lo: float, hi: float) -> float:
+    return float(rng.uniform(lo, hi))
+
+
+def _lung_polygon(rng: np.random.Generator, side: str, cx: float, rot: float, heart_x: float) -> np.ndarray:
     """A closed lung outline (normalised), the patient's ``side`` lung, drawn on the image.
 
     The patient's right lung lies on the image's left (smaller x). Control points go apex ->
-    lateral wall -> costophrenic angle -> diaphragm dome -> medial border (heart) -> hilum.
+    lateral wall -> costophrenic angle -> diaphragm dome -> medial border. The medial border runs
+    under the mediastinal silhouette (``heart_x`` = the heart border's distance from the midline),
+    which later cuts the visible lung.
     """
     sign = -1.0 if side == "right" else 1.0  # direction from the midline towards this lung
+    u = lambda lo, hi: _u(rng, lo, hi)  # noqa: E731
 
-    def u(lo: float, hi: float) -> float:
-        return float(rng.uniform(lo, hi))
-
-    medial = u(0.035, 0.06)
     lateral = u(0.33, 0.41)
-    apex_y = u(0.10, 0.17)
-    cp_y = u(0.70, 0.80) + (0.0 if side == "right" else 0.02)
+    apex_y = u(0.09, 0.16)
+    cp_y = u(0.70, 0.79) + (0.0 if side == "right" else 0.02)
     dome_y = cp_y - u(0.05, 0.11)
-    cardio_y = dome_y + u(0.0, 0.04)
-    heart_bulge = u(0.07, 0.13) if side == "left" else u(0.0, 0.04)
+    apex_x = u(0.08, 0.13)
     pts = [
-        (medial + u(0.03, 0.07), apex_y),  # apex
-        (medial + 0.5 * lateral + u(-0.02, 0.02), apex_y + u(0.01, 0.03)),
+        (apex_x, apex_y),  # apex
+        (0.5 * (apex_x + lateral) + u(-0.02, 0.02), apex_y + u(0.0, 0.02)),
         (lateral - u(0.03, 0.06), apex_y + u(0.10, 0.15)),  # upper lateral
         (lateral + u(-0.01, 0.01), 0.45 + u(-0.03, 0.03)),  # mid lateral
         (lateral + u(-0.005, 0.02), cp_y - 0.06),
         (lateral + u(0.0, 0.02), cp_y),  # costophrenic angle
+        (lateral + u(0.0, 0.02), cp_y),
         (lateral - 0.04, cp_y - 0.025),
-        (0.5 * (lateral + medial) + u(-0.03, 0.03), dome_y),  # dome
-        (medial + heart_bulge + 0.02, cardio_y),  # cardiophrenic angle
-        (medial + heart_bulge, cardio_y - 0.10),  # heart border
-        (medial + 0.6 * heart_bulge, 0.47 + u(-0.02, 0.02)),
-        (medial + u(0.0, 0.015), 0.40 + u(-0.02, 0.02)),  # hilum
-        (medial + u(0.0, 0.015), 0.28),
-        (medial + u(0.01, 0.03), apex_y + 0.05),
+        (0.5 * lateral + 0.5 * heart_x + u(-0.03, 0.03), dome_y),  # dome
+        (heart_x - 0.02, dome_y + u(0.0, 0.03)),  # behind the heart
+        (0.02, dome_y + 0.02),
+        (0.02, 0.45),
+        (0.03, 0.25),
+        (apex_x - 0.03, apex_y + 0.04),
     ]
     arr = np.array(pts, dtype=np.float64)
-    # keep the costophrenic angle fairly sharp: duplicate it before smoothing
-    arr = np.insert(arr, 5, arr[5], axis=0)
     arr[:, 0] += rng.normal(0.0, 0.004, size=len(arr))
     arr[:, 1] += rng.normal(0.0, 0.004, size=len(arr))
     smooth = _chaikin(arr, 3)
@@ -279,63 +278,96 @@ def _lung_polygon(rng: np.random.Generator, side: str, cx: float, rot: float) ->
     return _rotate(xy, rot, (0.5, 0.5))
 
 
+def _silhouette(rng: np.random.Generator, cx: float, rot: float, heart_left: float, heart_right: float) -> np.ndarray:
+    """Mediastinum and heart outline (normalised): aortic knob and heart bulge to the patient's left."""
+    u = lambda lo, hi: _u(rng, lo, hi)  # noqa: E731
+    top = u(0.045, 0.06)
+    heart_y = u(0.62, 0.68)
+    pts = [
+        (cx - top, -0.03),
+        (cx + top, -0.03),
+        (cx + top + 0.005, 0.18),
+        (cx + u(0.085, 0.11), u(0.26, 0.30)),  # aortic knob
+        (cx + u(0.06, 0.075), 0.35),
+        (cx + u(0.075, 0.09), 0.41),  # pulmonary trunk
+        (cx + 0.75 * heart_left, 0.49),
+        (cx + heart_left, heart_y),  # left ventricle
+        (cx + heart_left - 0.02, 0.76),
+        (cx + 0.5 * heart_left, 0.86),
+        (cx - 0.5 * heart_right, 0.86),
+        (cx - heart_right, 0.74),
+        (cx - heart_right, heart_y - 0.02),  # right atrium
+        (cx - u(0.055, 0.07), 0.47),
+        (cx - u(0.05, 0.065), 0.32),  # superior vena cava
+        (cx - top - 0.005, 0.18),
+    ]
+    arr = np.array(pts, dtype=np.float64)
+    arr += rng.normal(0.0, 0.003, size=arr.shape)
+    return _rotate(_chaikin(arr, 3), rot, (0.5, 0.5))
+
+
 def _branches(
-    rng: np.random.Generator, start: tuple[float, float], direction: float, length: float, width: float, depth: int
-) -> list[tuple[np.ndarray, float]]:
-    """A small random vessel tree from ``start`` (normalised), as (polyline, width) pairs."""
-    out: list[tuple[np.ndarray, float]] = []
+    rng: np.random.Generator,
+    start: tuple[float, float],
+    direction: float,
+    length: float,
+    width: float,
+    strength: float,
+    depth: int,
+) -> list[tuple[np.ndarray, float, float]]:
+    """A small random vessel tree from ``start`` (normalised), as (polyline, width, strength)."""
+    out: list[tuple[np.ndarray, float, float]] = []
     steps = 4
     pts = [np.array(start, dtype=np.float64)]
     ang = direction
     for _ in range(steps):
-        ang += rng.normal(0.0, 0.18)
+        ang += rng.normal(0.0, 0.15)
         pts.append(pts[-1] + (length / steps) * np.array([math.cos(ang), math.sin(ang)]))
     line = np.array(pts)
-    out.append((line, width))
+    out.append((line, width, strength))
     if depth > 0:
         for k in (1, 2, 3):
-            if rng.random() < 0.7:
-                sub_dir = ang + rng.choice([-1.0, 1.0]) * rng.uniform(0.3, 0.8)
-                out += _branches(rng, tuple(line[k]), sub_dir, length * 0.6, width * 0.65, depth - 1)
+            if rng.random() < 0.65:
+                sub_dir = ang + rng.choice([-1.0, 1.0]) * rng.uniform(0.3, 0.7)
+                out += _branches(rng, tuple(line[k]), sub_dir, length * 0.7, width * 0.6, strength * 0.75, depth - 1)
     return out
 
 
 def _draw_scene(rng: np.random.Generator, findings: Sequence[str]) -> _Scene:
     """Make every random choice of one phantom (size-independent)."""
-
-    def u(lo: float, hi: float) -> float:
-        return float(rng.uniform(lo, hi))
+    u = lambda lo, hi: _u(rng, lo, hi)  # noqa: E731
 
     cx = 0.5 + u(-0.025, 0.025)
     rot = math.radians(u(-3.0, 3.0))
 
     # body outline: shoulders at the top, chest wall down the sides, abdomen at the bottom
-    bw = u(0.40, 0.47)
-    sh = u(0.46, 0.52)
+    bw = u(0.42, 0.48)
+    sh = u(0.47, 0.53)
     body_pts = np.array(
         [
-            (cx - 0.07, -0.05),
-            (cx - sh, u(0.02, 0.06)),
-            (cx - sh - 0.03, 0.12),
+            (cx - 0.08, -0.05),
+            (cx - sh, u(0.0, 0.05)),
+            (cx - sh - 0.02, 0.12),
             (cx - bw - 0.01, 0.30),
             (cx - bw, 0.65),
             (cx - bw + u(0.0, 0.04), 1.05),
             (cx + bw - u(0.0, 0.04), 1.05),
             (cx + bw, 0.65),
             (cx + bw + 0.01, 0.30),
-            (cx + sh + 0.03, 0.12),
-            (cx + sh, u(0.02, 0.06)),
-            (cx + 0.07, -0.05),
+            (cx + sh + 0.02, 0.12),
+            (cx + sh, u(0.0, 0.05)),
+            (cx + 0.08, -0.05),
         ]
     )
     body = _rotate(_chaikin(body_pts, 3), rot, (0.5, 0.5))
 
-    lungs = {side: _lung_polygon(rng, side, cx, rot) for side in ("right", "left")}
-
-    heart = (cx + u(0.03, 0.07), u(0.58, 0.64), u(0.13, 0.18), u(0.10, 0.14), u(-0.35, -0.1))
-    mw = u(0.05, 0.07)
-    med = np.array([(cx - mw, 0.0), (cx + mw, 0.0), (cx + mw + 0.02, 0.55), (cx - mw - 0.01, 0.55)])
-    mediastinum = _rotate(med, rot, (0.5, 0.5))
+    heart_left = u(0.14, 0.20)
+    heart_right = u(0.08, 0.12)
+    lungs = {
+        "right": _lung_polygon(rng, "right", cx, rot, heart_right),
+        "left": _lung_polygon(rng, "left", cx, rot, heart_left),
+    }
+    silhouette = _silhouette(rng, cx, rot, heart_left, heart_right)
     carina_y = u(0.30, 0.35)
     trachea = _rotate(
         np.array([(cx + u(-0.01, 0.01), 0.0), (cx, carina_y * 0.6), (cx + u(-0.008, 0.008), carina_y)]),
@@ -344,18 +376,19 @@ def _draw_scene(rng: np.random.Generator, findings: Sequence[str]) -> _Scene:
     )
 
     hila: dict[str, tuple[float, float]] = {}
-    vessels: list[tuple[np.ndarray, float]] = []
-    for side, poly in lungs.items():
+    vessels: list[tuple[np.ndarray, float, float]] = []
+    for side in ("right", "left"):
         sign = -1.0 if side == "right" else 1.0
-        hy = u(0.38, 0.45)
-        # the hilum sits at the lung's medial border at that height
-        band = poly[np.abs(poly[:, 1] - hy) < 0.03]
-        hx = (band[:, 0].max() if side == "right" else band[:, 0].min()) if len(band) else cx + sign * 0.07
-        hila[side] = (float(hx), hy)
-        for ang in np.linspace(-1.1, 1.1, 5):
-            base = (math.pi if side == "right" else 0.0) + sign * 0.0
-            direction = base - sign * ang * 0.9 + rng.normal(0, 0.1)
-            vessels += _branches(rng, (hx, hy), direction, u(0.09, 0.14), u(0.008, 0.012), 2)
+        hy = u(0.40, 0.46) if side == "right" else u(0.37, 0.43)
+        # the hilum sits at the silhouette's border at that height
+        band = silhouette[np.abs(silhouette[:, 1] - hy) < 0.02]
+        side_pts = band[band[:, 0] < cx] if side == "right" else band[band[:, 0] > cx]
+        hx = float(side_pts[:, 0].min() if side == "right" else side_pts[:, 0].max()) if len(side_pts) else cx + sign * 0.08
+        hila[side] = (hx, hy)
+        for ang in np.linspace(-1.2, 1.2, 6):
+            base = math.pi if side == "right" else 0.0
+            direction = base - sign * ang + rng.normal(0, 0.08)
+            vessels += _branches(rng, (hx - sign * 0.01, hy), direction, u(0.08, 0.12), u(0.007, 0.010), 1.0, 2)
 
     ribs: list[np.ndarray] = []
     first_rib = u(0.11, 0.15)
@@ -372,16 +405,17 @@ def _draw_scene(rng: np.random.Generator, findings: Sequence[str]) -> _Scene:
     clavicles = []
     for side in ("right", "left"):
         sign = -1.0 if side == "right" else 1.0
-        y0 = u(0.12, 0.16)
+        y0 = u(0.13, 0.17)
         t = np.linspace(0.0, 1.0, 10)
-        xs = cx + sign * (0.04 + 0.28 * t)
-        ys = y0 - 0.06 * t + 0.015 * np.sin(2 * np.pi * t)
+        xs = cx + sign * (0.05 + 0.28 * t)
+        ys = y0 - 0.06 * t + 0.012 * np.sin(2 * np.pi * t)
         clavicles.append(_rotate(np.stack([xs, ys], axis=1), rot, (0.5, 0.5)))
 
     left_poly = lungs["left"]
     bubble = None
     if rng.random() < 0.7:
-        bottom = left_poly[np.argmax(left_poly[:, 1])]
+        lateral = left_poly[left_poly[:, 0] > cx + 0.15]
+        bottom = lateral[np.argmax(lateral[:, 1])]
         bubble = (float(bottom[0]) - u(0.04, 0.1), float(bottom[1]) + u(0.04, 0.07), u(0.03, 0.06), u(0.02, 0.035))
 
     fields = {
@@ -391,23 +425,23 @@ def _draw_scene(rng: np.random.Generator, findings: Sequence[str]) -> _Scene:
         "exposure": _noise_field(rng, 3),
     }
     exposure = {
-        "k": u(1.1, 1.6),
-        "lung_air": u(0.50, 0.68),
-        "gamma": u(0.8, 1.25),
+        "mu": u(1.5, 2.2),
+        "lung_air": u(0.46, 0.60),
+        "gamma": u(0.85, 1.2),
         "noise": u(0.006, 0.02),
         "bone": u(0.7, 1.3),
         "heel": u(-0.06, 0.06),
+        "vessels": u(0.7, 1.3),
     }
 
     scene = _Scene(
         body=body,
         lungs=lungs,
-        heart=heart,
-        mediastinum=mediastinum,
+        silhouette=silhouette,
         trachea=trachea,
         hila=hila,
         spine_x=cx,
-        spine_width=u(0.055, 0.075),
+        spine_width=u(0.05, 0.065),
         ribs=ribs,
         clavicles=clavicles,
         vessels=vessels,
@@ -420,25 +454,10 @@ def _draw_scene(rng: np.random.Generator, findings: Sequence[str]) -> _Scene:
     return scene
 
 
-def _heart_raster(heart: tuple[float, float, float, float, float], n: int) -> np.ndarray:
-    """``(n, n)`` float32 signed "inside" measure of the heart ellipse (>0 inside)."""
-    hx, hy, rx, ry, ang = heart
-    x, y = _grid(n)
-    dx, dy = x - hx, y - hy
-    c, s = math.cos(ang), math.sin(ang)
-    u = (c * dx + s * dy) / rx
-    v = (-s * dx + c * dy) / ry
-    return (1.0 - (u * u + v * v)).astype(np.float32)
-
-
 def _lung_masks(scene: _Scene, n: int) -> dict[str, np.ndarray]:
-    """The visible lung masks at ``(n, n)``: lung outline minus heart and mediastinum."""
-    heart = _heart_raster(scene.heart, n) > 0
-    med = _raster_polygon(scene.mediastinum, n)
-    out = {}
-    for side, poly in scene.lungs.items():
-        out[side] = _raster_polygon(poly, n) & ~heart & ~med
-    return out
+    """The visible lung masks at ``(n, n)``: lung outline minus the mediastinal silhouette."""
+    silhouette = _raster_polygon(scene.silhouette, n)
+    return {side: _raster_polygon(poly, n) & ~silhouette for side, poly in scene.lungs.items()}
 
 
 def _placement_candidates(scene: _Scene, side: str, margin_norm: float) -> np.ndarray:
@@ -467,7 +486,7 @@ def _draw_finding(rng: np.random.Generator, kind: str, scene: _Scene) -> _Findin
             {
                 "centers": [tuple(center)],
                 "radii": [radius],
-                "density": float(rng.uniform(0.10, 0.30)),
+                "density": float(rng.uniform(0.10, 0.28)),
                 "lobes": rng.normal(0.0, 0.06, size=4).tolist(),
                 "phases": rng.uniform(0, 2 * math.pi, size=4).tolist(),
             },
@@ -486,49 +505,55 @@ def _draw_finding(rng: np.random.Generator, kind: str, scene: _Scene) -> _Findin
         return _Finding(
             kind,
             side,
-            {"centers": centers, "radii": radii, "sides": lung_sides, "density": float(rng.uniform(0.18, 0.40))},
+            {"centers": centers, "radii": radii, "sides": lung_sides, "density": float(rng.uniform(0.16, 0.36))},
         )
     if kind == "Pneumonia":
         side = sides[int(rng.integers(2))]
         lower = rng.random() < 0.7
-        poly = scene.lungs[side]
-        top, bottom = poly[:, 1].min(), poly[:, 1].max()
-        zone_y = bottom - (bottom - top) * (rng.uniform(0.12, 0.32) if lower else rng.uniform(0.45, 0.7))
-        cand = _placement_candidates(scene, side, 0.02)
+        mask = _lung_masks(scene, PLACEMENT_GRID)[side]
+        rows = np.nonzero(mask.any(axis=1))[0]
+        top, bottom = (rows.min() + 0.5) / PLACEMENT_GRID, (rows.max() + 0.5) / PLACEMENT_GRID
+        zone_y = bottom - (bottom - top) * (rng.uniform(0.12, 0.3) if lower else rng.uniform(0.45, 0.7))
+        cand = _placement_candidates(scene, side, 0.03)
         near = cand[np.abs(cand[:, 1] - zone_y) < 0.05]
         if len(near) == 0:
             near = cand
         center = near[int(rng.integers(len(near)))]
         blobs = [
-            (float(center[0] + rng.normal(0, 0.035)), float(center[1] + rng.normal(0, 0.025)), float(rng.uniform(0.03, 0.06)))
+            (
+                float(center[0] + rng.normal(0, 0.035)),
+                float(center[1] + rng.normal(0, 0.025)),
+                float(rng.uniform(0.025, 0.05)),
+            )
             for _ in range(int(rng.integers(3, 7)))
         ]
         return _Finding(
             kind,
             side,
-            {"blobs": blobs, "density": float(rng.uniform(0.12, 0.30)), "texture": _noise_field(rng, 24)},
+            {"blobs": blobs, "density": float(rng.uniform(0.14, 0.30)), "texture": _noise_field(rng, 24)},
         )
     if kind == "Edema":
-        sigma = float(rng.uniform(0.09, 0.14))
         lines = []
         for side in sides:
             poly = scene.lungs[side]
             sign = -1.0 if side == "right" else 1.0
-            lat = poly[:, 0].min() if side == "right" else poly[:, 0].max()
-            bottom = poly[:, 1].max()
             for _ in range(int(rng.integers(4, 9))):
-                y = float(bottom - rng.uniform(0.04, 0.16))
-                length = float(rng.uniform(10.0, 20.0)) * mm
-                x0 = float(lat - sign * rng.uniform(0.005, 0.02))
+                y = float(rng.uniform(0.55, 0.72))
+                row = poly[np.abs(poly[:, 1] - y) < 0.02]
+                lat = (row[:, 0].min() if side == "right" else row[:, 0].max()) if len(row) else None
+                if lat is None:
+                    continue
+                length = float(rng.uniform(8.0, 20.0)) * mm
+                x0 = float(lat + sign * 0.01)
                 lines.append(np.array([(x0, y), (x0 - sign * length, y + rng.normal(0, 0.003))]))
         return _Finding(
             kind,
             "both",
             {
-                "sigma": sigma,
-                "density": float(rng.uniform(0.10, 0.24)),
+                "sigma": float(rng.uniform(0.08, 0.12)),
+                "density": float(rng.uniform(0.12, 0.26)),
                 "lines": lines,
-                "line_density": float(rng.uniform(0.04, 0.08)),
+                "line_density": float(rng.uniform(0.05, 0.10)),
                 "texture": _noise_field(rng, 24),
             },
         )
@@ -537,9 +562,9 @@ def _draw_finding(rng: np.random.Generator, kind: str, scene: _Scene) -> _Findin
             kind,
             "both",
             {
-                "density": float(rng.uniform(0.10, 0.24)),
-                "reach": float(rng.uniform(0.03, 0.06)),
-                "net": _noise_field(rng, int(rng.integers(40, 56))),
+                "density": float(rng.uniform(0.12, 0.26)),
+                "reach": float(rng.uniform(0.03, 0.055)),
+                "net": _noise_field(rng, int(rng.integers(44, 60))),
                 "basal": float(rng.uniform(0.45, 0.6)),
             },
         )
@@ -563,42 +588,50 @@ def _disk_profile(n: int, center: tuple[float, float], radius: float, lobes=None
     edge = max(radius * 0.15, 0.75 / n)
     t = np.clip((rad - r) / edge, -1.0, 1.0)
     core = np.sqrt(np.clip(1.0 - (r / np.maximum(rad, 1e-6)) ** 2, 0.0, 1.0))
-    return (np.clip(0.5 + 0.5 * t, 0.0, 1.0) * (0.35 + 0.65 * core)).astype(np.float32)
+    return (np.clip(0.5 + 0.5 * t, 0.0, 1.0) * (0.45 + 0.55 * core)).astype(np.float32)
 
 
-def _finding_density(f: _Finding, scene: _Scene, n: int, lungs: dict[str, np.ndarray]) -> np.ndarray:
-    """Added density ``(n, n)`` float32 of one finding, rendered at ``n``."""
+def _finding_density(
+    f: _Finding, scene: _Scene, n: int, lungs: dict[str, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Added density ``(n, n)`` float32 of one finding rendered at ``n``, and its region.
+
+    The region is an ``(n, n)`` bool mask for region findings, ``None`` for round lesions.
+    """
     x, y = _grid(n)
     p = f.params
     if f.kind in ("Mass", "Nodule"):
         out = np.zeros((n, n), np.float32)
-        for center, radius in zip(p["centers"], p["radii"]):
-            out = np.maximum(
-                out, _disk_profile(n, center, radius, p.get("lobes"), p.get("phases"))  # type: ignore[arg-type]
-            )
-        return out * float(p["density"])  # type: ignore[arg-type]
+        for center, radius in zip(p["centers"], p["radii"]):  # type: ignore[call-overload]
+            out = np.maximum(out, _disk_profile(n, center, radius, p.get("lobes"), p.get("phases")))
+        return out * float(p["density"]), None  # type: ignore[arg-type]
     if f.kind == "Pneumonia":
         blob = np.zeros((n, n), np.float32)
-        for bx, by, br in p["blobs"]:  # type: ignore[union-attr]
+        for bx, by, br in p["blobs"]:  # type: ignore[attr-defined]
             blob = np.maximum(blob, np.exp(-((x - bx) ** 2 + (y - by) ** 2) / (2 * br * br)))
         tex = _field_at(p["texture"], n)  # type: ignore[arg-type]
-        patchy = np.clip(blob * (0.75 + 0.35 * tex) - 0.15, 0.0, None)
+        patchy = np.clip(1.6 * blob * (0.8 + 0.3 * tex) - 0.3, 0.0, 1.0)
         lung = ndimage.gaussian_filter(lungs[f.side].astype(np.float32), max(0.6, n / 512))
-        return (np.clip(patchy, 0.0, 1.0) * lung * float(p["density"])).astype(np.float32)  # type: ignore[arg-type]
+        region = (blob > 0.45) & lungs[f.side]
+        return (patchy * lung * float(p["density"])).astype(np.float32), region  # type: ignore[arg-type]
     if f.kind == "Edema":
         haze = np.zeros((n, n), np.float32)
         sigma = float(p["sigma"])  # type: ignore[arg-type]
-        for hx, hy in scene.hila.values():
-            d2 = ((x - hx) / 1.15) ** 2 + ((y - hy) / 0.9) ** 2
+        for side, (hx, hy) in scene.hila.items():
+            sign = -1.0 if side == "right" else 1.0
+            # a wing spreading laterally and downwards from the hilum, sparing the periphery
+            d2 = ((x - hx - sign * 0.03) / 1.3) ** 2 + ((y - hy - 0.03) / 1.0) ** 2
             haze = np.maximum(haze, np.exp(-d2 / (2 * sigma * sigma)))
-        tex = _field_at(p["texture"], n)
+        tex = _field_at(p["texture"], n)  # type: ignore[arg-type]
         haze = haze * (0.85 + 0.15 * tex)
         canvas = Image.new("F", (n, n), 0.0)
         draw = ImageDraw.Draw(canvas)
-        for line in p["lines"]:  # type: ignore[union-attr]
-            _polyline(draw, line, n, 1.2 / FIELD_OF_VIEW_MM, 1.0)
+        for line in p["lines"]:  # type: ignore[attr-defined]
+            _polyline(draw, line, n, 1.0 / FIELD_OF_VIEW_MM, 1.0)
         septal = np.asarray(canvas) * (lungs["left"] | lungs["right"])
-        return (haze * float(p["density"]) + septal * float(p["line_density"])).astype(np.float32)  # type: ignore[arg-type]
+        region = (haze > REGION_MASK_FRACTION) | (septal > 0)
+        density = haze * float(p["density"]) + septal * float(p["line_density"])  # type: ignore[arg-type]
+        return density.astype(np.float32), region
     if f.kind == "Fibrosis":
         g = PLACEMENT_GRID * 2
         small = _lung_masks(scene, g)
@@ -610,14 +643,28 @@ def _finding_density(f: _Finding, scene: _Scene, n: int, lungs: dict[str, np.nda
         weight = np.where(both, np.exp(-dist / reach), 0.0) * (0.3 + 0.7 * basal[:, None])
         weight = _resize(weight.astype(np.float32), n)
         net = _field_at(p["net"], n)  # type: ignore[arg-type]
-        reticular = np.exp(-((net / 0.35) ** 2))
+        reticular = np.exp(-((net / 0.3) ** 2))
         lung = (lungs["left"] | lungs["right"]).astype(np.float32)
-        return (weight * (0.25 + 0.75 * reticular) * lung * float(p["density"])).astype(np.float32)  # type: ignore[arg-type]
+        region = (weight > REGION_MASK_FRACTION * float(weight.max())) & (lung > 0)
+        density = weight * (0.2 + 0.8 * reticular) * lung * float(p["density"])  # type: ignore[arg-type]
+        return density.astype(np.float32), region
     raise ValueError(f"unknown finding {f.kind!r}")
 
 
-def _render(scene: _Scene, n: int) -> tuple[np.ndarray, dict[str, np.ndarray], list[np.ndarray]]:
-    """Render density and masks at ``n``: returns image (before noise), lungs, finding densities."""
+def _lines_layer(lines: Iterable[tuple[np.ndarray, float, float]], n: int, blur: float) -> np.ndarray:
+    canvas = Image.new("F", (n, n), 0.0)
+    draw = ImageDraw.Draw(canvas)
+    for line, width, strength in lines:
+        _polyline(draw, line, n, width, strength)
+    return ndimage.gaussian_filter(np.asarray(canvas), blur)
+
+
+#: Density at which the display reaches white (before the exposure's gamma).
+_WHITE_DENSITY = 1.25
+
+
+def _render(scene: _Scene, n: int) -> tuple[np.ndarray, dict[str, np.ndarray], list[np.ndarray | None]]:
+    """Render at ``n``: returns the image (before noise), the lung masks, each finding's region."""
     x, y = _grid(n)
     ex = scene.exposure
     lungs = _lung_masks(scene, n)
@@ -626,71 +673,67 @@ def _render(scene: _Scene, n: int) -> tuple[np.ndarray, dict[str, np.ndarray], l
 
     body = _raster_polygon(scene.body, n).astype(np.float32)
     body = ndimage.gaussian_filter(body, blur * 2)
-    # soft tissue is thicker in the middle of the chest
-    thickness = np.clip(1.0 - ((x - scene.spine_x) / 0.55) ** 2, 0.2, 1.0)
-    density = body * (0.55 + 0.25 * thickness + 0.04 * _field_at(scene.fields["soft"], n))
+    # soft tissue is thicker in the middle of the chest and below the diaphragm
+    thickness = np.clip(1.0 - ((x - scene.spine_x) / 0.6) ** 2, 0.2, 1.0)
+    density = body * (0.45 + 0.2 * thickness + 0.03 * _field_at(scene.fields["soft"], n))
 
     lung_soft = ndimage.gaussian_filter(lung_any, blur)
-    apical = np.clip((y - 0.1) / 0.25, 0.35, 1.0)
-    density -= lung_soft * ex["lung_air"] * apical * (0.9 + 0.1 * _field_at(scene.fields["lung"], n))
+    apical = np.clip((y - 0.08) / 0.25, 0.45, 1.0)
+    air = ex["lung_air"] * apical * (0.92 + 0.08 * _field_at(scene.fields["lung"], n))
+    density -= lung_soft * air * 0.62
 
-    heart = np.clip(_heart_raster(scene.heart, n) * 4.0, 0.0, 1.0)
-    med = ndimage.gaussian_filter(_raster_polygon(scene.mediastinum, n).astype(np.float32), blur)
-    density += 0.22 * np.maximum(heart, med)
+    behind = np.zeros((n, n), bool)
+    for poly in scene.lungs.values():
+        behind |= _raster_polygon(poly, n)
+    # heart and mediastinum; below the hemidiaphragms the abdomen is as dense as the heart
+    sil_mask = _raster_polygon(scene.silhouette, n)
+    abdomen = np.maximum.accumulate(behind | sil_mask, axis=0) & ~behind
+    abdomen = ndimage.gaussian_filter(abdomen.astype(np.float32), blur * 4) * body
+    silhouette = ndimage.gaussian_filter(sil_mask.astype(np.float32), blur)
+    density += 0.22 * np.maximum(silhouette, abdomen)
+    # lung behind the heart shows faintly through
+    behind_soft = ndimage.gaussian_filter((behind & ~(lung_any > 0)).astype(np.float32), blur * 3)
+    density -= 0.10 * air * behind_soft
 
     canvas = Image.new("F", (n, n), 0.0)
-    draw = ImageDraw.Draw(canvas)
-    _polyline(draw, scene.trachea, n, 0.028, 1.0)
-    density -= 0.12 * ndimage.gaussian_filter(np.asarray(canvas), blur)
+    _polyline(ImageDraw.Draw(canvas), scene.trachea, n, 0.026, 1.0)
+    density -= 0.10 * ndimage.gaussian_filter(np.asarray(canvas), blur)
 
     if scene.bubble is not None:
         bx, by, rx, ry = scene.bubble
         inside = np.clip(1.0 - ((x - bx) / rx) ** 2 - ((y - by) / ry) ** 2, 0.0, 1.0)
-        density -= 0.18 * np.sqrt(inside) * (1.0 - lung_any)
+        density -= 0.16 * np.sqrt(inside) * (1.0 - lung_any)
 
     # bones: spine (with vertebral bodies), ribs, clavicles
     bone = ex["bone"]
-    vert = 0.75 + 0.25 * np.cos(2 * np.pi * y / 0.048) ** 2
+    vert = 0.75 + 0.25 * np.cos(np.pi * y / 0.045) ** 2
     spine = np.clip(1.0 - np.abs(x - scene.spine_x) / scene.spine_width, 0.0, 1.0) ** 0.5
-    density += 0.16 * bone * spine * vert
-    canvas = Image.new("F", (n, n), 0.0)
-    draw = ImageDraw.Draw(canvas)
-    for rib in scene.ribs:
-        _polyline(draw, rib, n, 0.016, 1.0)
-    ribs = ndimage.gaussian_filter(np.asarray(canvas), blur)
-    density += 0.05 * bone * ribs * body
-    canvas = Image.new("F", (n, n), 0.0)
-    draw = ImageDraw.Draw(canvas)
-    for cl in scene.clavicles:
-        _polyline(draw, cl, n, 0.022, 1.0)
-    density += 0.12 * bone * ndimage.gaussian_filter(np.asarray(canvas), blur)
+    density += 0.10 * bone * spine * vert
+    density += 0.035 * bone * body * _lines_layer(((r, 0.022, 1.0) for r in scene.ribs), n, blur * 1.5)
+    density += 0.12 * bone * _lines_layer(((c, 0.028, 1.0) for c in scene.clavicles), n, blur)
 
-    # hilar vessels, visible inside the lungs
-    canvas = Image.new("F", (n, n), 0.0)
-    draw = ImageDraw.Draw(canvas)
-    for line, width in scene.vessels:
-        _polyline(draw, line, n, width, 1.0)
-    vessels = ndimage.gaussian_filter(np.asarray(canvas), blur)
-    density += 0.07 * vessels * lung_soft
-    density += 0.015 * _field_at(scene.fields["texture"], n) * lung_soft
+    # hilar vessels, visible inside the lungs, fading towards the periphery
+    vessels = _lines_layer(scene.vessels, n, blur * 1.5)
+    density += 0.09 * ex["vessels"] * vessels * lung_soft
+    density += 0.012 * _field_at(scene.fields["texture"], n) * lung_soft
 
-    finding_densities = [_finding_density(f, scene, n, lungs) for f in scene.findings]
-    for fd in finding_densities:
+    rendered = [_finding_density(f, scene, n, lungs) for f in scene.findings]
+    for fd, _ in rendered:
         density += fd
 
-    # film response, exposure and heel effect
-    image = 1.0 - np.exp(-ex["k"] * np.clip(density, 0.0, None) * 1.6)
+    # detector response (saturating), exposure, heel effect, gamma
+    mu = ex["mu"]
+    image = (1.0 - np.exp(-mu * np.clip(density, 0.0, None))) / (1.0 - math.exp(-mu * _WHITE_DENSITY))
     image *= 1.0 + ex["heel"] * (y - 0.5) + 0.02 * _field_at(scene.fields["exposure"], n)
-    lo, hi = float(np.percentile(image, 1.0)), float(np.percentile(image, 99.7))
-    image = np.clip((image - lo) / max(hi - lo, 1e-6), 0.0, 1.0) ** ex["gamma"]
-    return image.astype(np.float32), lungs, finding_densities
+    image = np.clip(image, 0.0, 1.0) ** ex["gamma"]
+    return image.astype(np.float32), lungs, [region for _, region in rendered]
 
 
-def _lesions(scene: _Scene, densities: list[np.ndarray], n: int, out: int) -> list[Lesion]:
+def _lesions(scene: _Scene, regions: list[np.ndarray | None], n: int, out: int) -> list[Lesion]:
     """Lesion records at the output size ``out`` from findings rendered at ``n``."""
     scale = out / n
     lesions: list[Lesion] = []
-    for f, dens in zip(scene.findings, densities):
+    for f, region in zip(scene.findings, regions):
         p = f.params
         if f.kind in ("Mass", "Nodule"):
             sides = p.get("sides", [f.side] * len(p["centers"]))  # type: ignore[arg-type]
@@ -701,8 +744,7 @@ def _lesions(scene: _Scene, densities: list[np.ndarray], n: int, out: int) -> li
                 mask = (xs - center[0]) ** 2 + (ys - center[1]) ** 2 <= radius * radius
                 lesions.append(Lesion(f.kind, (float(cx), float(cy)), float(r), mask, side))
         else:
-            peak = float(dens.max())
-            small = dens > REGION_MASK_FRACTION * peak if peak > 0 else np.zeros_like(dens, bool)
+            small = region if region is not None else np.zeros((n, n), bool)
             mask = _resize_mask(small, out)
             ys, xs = np.nonzero(small)
             if len(xs):
@@ -780,7 +822,7 @@ def generate_phantom(
     noise_rng = np.random.default_rng(rng.integers(0, 2**63))
 
     n = min(size, RENDER_MAX)
-    image, lungs_n, densities = _render(scene, n)
+    image, lungs_n, regions = _render(scene, n)
     if n != size:
         image = _resize(image, size)
         lungs = _lung_masks(scene, size)
@@ -796,7 +838,7 @@ def generate_phantom(
         left_lung=lungs["left"],
         right_lung=lungs["right"],
         labels=labels,
-        lesions=_lesions(scene, densities, n, size),
+        lesions=_lesions(scene, regions, n, size),
         pixel_spacing_mm=pixel_spacing_for(size),
         seed=int_seed,
     )
