@@ -101,6 +101,12 @@ class Database:
             log.info("empty database; creating schema at %s", self.head_revision())
             self.upgrade()
             return
+        if current is None:
+            raise RuntimeError(
+                f"database {self.engine.url.render_as_string(hide_password=True)} has tables but no cxr-node schema "
+                "revision; point CXR_NODE_DATABASE_URL at an empty database or the node's own, or run "
+                "`cxr-node db upgrade` if it is a node database from before migrations"
+            )
         if self.url.startswith("sqlite"):
             log.info("upgrading SQLite database from %s to %s", current, self.head_revision())
             self.upgrade()

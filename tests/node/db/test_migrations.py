@@ -1,0 +1,57 @@
+"""Alembic migrations on SQLite: from nothing to head, matching the models, and back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect
+
+from node.db import Base, Database
+
+
+def _schema_differences(database: Database) -> list[object]:
+    with database.engine.connect() as connection:
+        return compare_metadata(MigrationContext.configure(connection), Base.metadata)
+
+
+def test_empty_sqlite_database_is_created_at_head_and_matches_the_models(tmp_path: Path) -> None:
+    database = Database(f"sqlite:///{tmp_path / 'node.sqlite3'}")
+
+    database.ensure_schema()
+
+    assert database.current_revision() == database.head_revision()
+    assert {"studies", "instances", "jobs"} <= set(inspect(database.engine).get_table_names())
+    assert _schema_differences(database) == []
+
+
+def test_migrations_downgrade_to_nothing_and_upgrade_again(tmp_path: Path) -> None:
+    database = Database(f"sqlite:///{tmp_path / 'node.sqlite3'}")
+    database.upgrade()
+
+    from alembic import command
+
+    command.downgrade(database.alembic_config(), "base")
+    assert set(inspect(database.engine).get_table_names()) <= {"alembic_version"}
+    database.upgrade()
+    assert _schema_differences(database) == []
+
+
+def test_outdated_sqlite_database_is_upgraded_by_the_node(tmp_path: Path) -> None:
+    database = Database(f"sqlite:///{tmp_path / 'node.sqlite3'}")
+    database.upgrade("0001")
+    assert database.current_revision() == "0001"
+
+    database.ensure_schema()
+
+    assert database.current_revision() == database.head_revision()
+
+
+def test_non_empty_database_without_a_revision_is_refused(tmp_path: Path) -> None:
+    database = Database(f"sqlite:///{tmp_path / 'node.sqlite3'}")
+    with database.engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE foreign_table (id INTEGER)")
+    with pytest.raises(RuntimeError, match="cxr-node db upgrade"):
+        database.ensure_schema()

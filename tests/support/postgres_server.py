@@ -1,0 +1,111 @@
+"""A real PostgreSQL server in a temporary directory on a free loopback port.
+
+``initdb`` into a fresh directory, ``pg_ctl start`` with the Unix socket in that directory and
+TCP on 127.0.0.1 only, ``createdb``. PostgreSQL refuses to run as root, so when the tests run
+as root the server runs as the ``postgres`` user (``runuser``) and the directory is handed to it.
+
+Example::
+
+    with PostgresServer() as pg:
+        database = Database(pg.url)
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from tests.support.ports import free_port
+
+#: Seconds the server may take to accept connections.
+START_TIMEOUT = 60.0
+SERVER_USER = "postgres"
+
+
+def postgres_bin_dir() -> Path:
+    """The newest ``/usr/lib/postgresql/<version>/bin`` (Debian layout)."""
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
+    if not candidates:
+        raise RuntimeError("PostgreSQL is not installed (no /usr/lib/postgresql/*/bin/initdb); install the Debian package postgresql")
+    return Path(candidates[-1]).parent
+
+
+class PostgresServer:
+    """A throw-away PostgreSQL cluster with one database, ``cxr_node``, owned by the server user."""
+
+    def __init__(self, database: str = "cxr_node") -> None:
+        self.bin = postgres_bin_dir()
+        self.database = database
+        self.port = free_port()
+        self.root = Path(tempfile.mkdtemp(prefix="cxr-node-pg-"))
+        self.data_dir = self.root / "data"
+        self.socket_dir = self.root / "run"
+        self.as_root = os.geteuid() == 0
+        self.user = SERVER_USER if self.as_root else pwd.getpwuid(os.geteuid()).pw_name
+        self._started = False
+
+    @property
+    def url(self) -> str:
+        """SQLAlchemy URL (psycopg 3) over TCP on loopback; trust authentication."""
+        return f"postgresql+psycopg://{self.user}@127.0.0.1:{self.port}/{self.database}"
+
+    def _run(self, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        command = [str(self.bin / argv[0]), *argv[1:]]
+        if self.as_root:
+            command = ["runuser", "-u", SERVER_USER, "--", *command]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv[:2])} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+        return result
+
+    def start(self) -> "PostgresServer":
+        self.socket_dir.mkdir(parents=True)
+        if self.as_root:
+            entry = pwd.getpwnam(SERVER_USER)
+            for path in (self.root, self.socket_dir):
+                os.chown(path, entry.pw_uid, entry.pw_gid)
+        self._run("initdb", "-D", str(self.data_dir), "--auth=trust", "--encoding=UTF8", "--no-sync", "-U", self.user)
+        options = f"-p {self.port} -k {self.socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=50"
+        self._run("pg_ctl", "-D", str(self.data_dir), "-l", str(self.root / "server.log"), "-o", options, "-w", "-t", str(int(START_TIMEOUT)), "start")
+        self._started = True
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                self._run("pg_isready", "-h", "127.0.0.1", "-p", str(self.port), timeout=10)
+                break
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise
+                time.sleep(0.1)
+        self._run("createdb", "-h", str(self.socket_dir), "-p", str(self.port), "-U", self.user, self.database)
+        return self
+
+    def create_database(self, name: str) -> str:
+        """Create another database in the cluster; return its SQLAlchemy URL."""
+        self._run("createdb", "-h", str(self.socket_dir), "-p", str(self.port), "-U", self.user, name)
+        return f"postgresql+psycopg://{self.user}@127.0.0.1:{self.port}/{name}"
+
+    def stop(self) -> None:
+        if self._started:
+            try:
+                self._run("pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "stop", timeout=60)
+            finally:
+                self._started = False
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> "PostgresServer":
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
