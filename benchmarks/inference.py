@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from models.analysis import STAGES, analyze  # noqa: E402
+from models.analysis import STAGES, analyze, classifier_skipped  # noqa: E402
 from models.classifier import ChestClassifier, ClassifierConfig  # noqa: E402
 from models.labels import FINDINGS, LUNG_SIDES  # noqa: E402
 from models.loading import CLASSIFIER_NORMALISATION, ModelBundle, load_models  # noqa: E402
@@ -78,16 +78,35 @@ def random_medsam_resnet50_store(root: Path, classifier_size: int) -> Path:
     return root
 
 
-def time_single(bundle: ModelBundle, images: list[np.ndarray], spacing: tuple[float, float], repeats: int) -> dict[str, float]:
-    """Median seconds per stage (and total) over ``repeats`` single-image ``analyze`` calls, after a warm-up."""
-    analyze(images[0], spacing, POLICY, bundle=bundle)  # warm-up
+def time_single(bundle: ModelBundle, phantoms: list, repeats: int) -> dict[str, float]:
+    """Median seconds per stage (and total) over ``repeats`` single-image ``analyze`` calls, after a warm-up.
+
+    With random segmenter weights the plausibility check rejects the masks and ``analyze`` skips
+    the masked policy; the ``policy``, ``classifier`` and ``regions`` stages are then timed on the
+    phantom's true lung masks with the same functions (apply_policy, predict, finding_regions).
+    """
+    classifier, _ = bundle.classifier_for(POLICY)
+    analyze(phantoms[0].image, phantoms[0].pixel_spacing_mm, POLICY, bundle=bundle)  # warm-up
     runs: dict[str, list[float]] = {stage: [] for stage in (*STAGES, "total")}
     for i in range(repeats):
+        phantom = phantoms[i % len(phantoms)]
         start = time.perf_counter()
-        result = analyze(images[i % len(images)], spacing, POLICY, bundle=bundle)
+        result = analyze(phantom.image, phantom.pixel_spacing_mm, POLICY, bundle=bundle)
+        timings = dict(result.timings)
+        if classifier_skipped(result):
+            t0 = time.perf_counter()
+            prepared = apply_policy(phantom.image, phantom.left_lung, phantom.right_lung, POLICY, phantom.pixel_spacing_mm)
+            t1 = time.perf_counter()
+            probs = classifier.predict([prepared])[0]
+            t2 = time.perf_counter()
+            positive = [k for k, p in zip(classifier.labels, probs) if p >= classifier.config.thresholds[k]]
+            if positive:
+                classifier.finding_regions(prepared, positive)
+            t3 = time.perf_counter()
+            timings.update(policy=t1 - t0, classifier=t2 - t1, regions=t3 - t2)
         runs["total"].append(time.perf_counter() - start)
         for stage in STAGES:
-            runs[stage].append(result.timings.get(stage, 0.0))
+            runs[stage].append(timings.get(stage, 0.0))
     return {stage: statistics.median(values) for stage, values in runs.items()}
 
 
@@ -98,9 +117,12 @@ def _sync(device: torch.device) -> float:
 
 
 @torch.inference_mode()
-def time_batched(bundle: ModelBundle, images: list[np.ndarray], spacing: tuple[float, float], batch_size: int,
-                 batches: int) -> dict[str, float]:
-    """Seconds per image per stage, and images/s, for the batched path (after one warm-up batch)."""
+def time_batched(bundle: ModelBundle, phantoms: list, batch_size: int, batches: int) -> dict[str, float]:
+    """Seconds per image per stage, and images/s, for the batched path (after one warm-up batch).
+
+    Masks that come out empty (random weights) are replaced by the phantom's true masks for the
+    policy stage, so that every stage does its real work.
+    """
     segmenter = bundle.segmenter
     classifier, _ = bundle.classifier_for(POLICY)
     device = segmenter.device
@@ -112,7 +134,8 @@ def time_batched(bundle: ModelBundle, images: list[np.ndarray], spacing: tuple[f
             totals = {stage: 0.0 for stage in totals}
             n_images = 0
             wall_start = _sync(device)
-        batch = [images[(b * batch_size + i) % len(images)] for i in range(batch_size)]
+        chosen = [phantoms[(b * batch_size + i) % len(phantoms)] for i in range(batch_size)]
+        batch = [p.image for p in chosen]
         t0 = _sync(device)
         tensor = torch.cat([segmenter.preprocess(image) for image in batch])
         t1 = _sync(device)
@@ -132,7 +155,10 @@ def time_batched(bundle: ModelBundle, images: list[np.ndarray], spacing: tuple[f
                     break
             masks.append(decoded)
         t3 = _sync(device)
-        prepared = [apply_policy(image, m["left"], m["right"], POLICY, spacing) for image, m in zip(batch, masks)]
+        prepared = []
+        for phantom, m in zip(chosen, masks):
+            left, right = (m["left"], m["right"]) if m["left"].any() and m["right"].any() else (phantom.left_lung, phantom.right_lung)
+            prepared.append(apply_policy(phantom.image, left, right, POLICY, phantom.pixel_spacing_mm))
         t4 = _sync(device)
         classifier.predict(prepared, batch_size=batch_size)
         t5 = _sync(device)
@@ -185,8 +211,6 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
 
     phantoms = [generate_phantom(args.image_size, seed=1000 + i) for i in range(4)]
-    images = [p.image for p in phantoms]
-    spacing = phantoms[0].pixel_spacing_mm
     sets = [s.strip() for s in args.sets.split(",") if s.strip()]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
           f"CUDA: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none'}; "
@@ -210,10 +234,10 @@ def main(argv: list[str] | None = None) -> int:
                 fallback = DEMO_STORE_DIR if roots[name] is None else None
                 bundle = load_models(roots[name], device, policies=[POLICY], fallback=fallback)
                 label = f"{name} ({bundle.segmenter_version.manifest.architecture}+{bundle.classifier_for(POLICY)[1].manifest.architecture})"
-                cpu_rows[label] = time_single(bundle, images, spacing, args.repeats)
+                cpu_rows[label] = time_single(bundle, phantoms, args.repeats)
                 if device == "cuda" or args.batched_cpu:
                     for size in (int(s) for s in args.batch_sizes.split(",")):
-                        batched_rows[f"{label} b={size}"] = time_batched(bundle, images, spacing, size, args.batches)
+                        batched_rows[f"{label} b={size}"] = time_batched(bundle, phantoms, size, args.batches)
                 del bundle
             baseline = next(iter(cpu_rows)) if sets[0] == "demo" else None
             print_table(f"{device.upper()}: one image at a time (analyze), median of {args.repeats}", cpu_rows, baseline)

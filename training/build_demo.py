@@ -23,28 +23,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from models.labels import FINDINGS, LUNG_SIDES
-from models.loading import CLASSIFIER_NORMALISATION, SEGMENTER_NORMALISATION
 from models.policies import MaskPolicy
-from models.segmenter import get_architecture
-from models.store import (
-    ACTIVE_FILENAME,
-    DEMO_STORE_DIR,
-    ROLE_CLASSIFIER,
-    ROLE_SEGMENTER,
-    ModelStore,
-    data_fingerprint,
-    write_version,
-)
+from models.store import ACTIVE_FILENAME, DEMO_STORE_DIR, ROLE_CLASSIFIER, ROLE_SEGMENTER, ModelStore
+from training.export import export_classifier, export_segmenter
 
 logger = logging.getLogger(__name__)
 
@@ -67,46 +55,20 @@ DEMO_INTENDED_USE_CLASSIFIER = (
 )
 
 
-def _numbers(prefix: str, data: Any) -> dict[str, float]:
-    """Flatten nested metrics to ``{"a.b": number}``, dropping None and non-numbers."""
-    out: dict[str, float] = {}
-    if isinstance(data, dict):
-        for key, value in data.items():
-            out.update(_numbers(f"{prefix}.{key}" if prefix else str(key), value))
-    elif isinstance(data, (int, float)) and not isinstance(data, bool) and math.isfinite(float(data)):
-        out[prefix] = float(data)
-    return out
-
-
 def _write_segmenter(root: Path, work: Path, seed: int, progress: bool) -> str:
     from training.segmenter import train_demo_segmenter
 
     produced = Path(train_demo_segmenter(work / "segmenter", seed=seed))
     folder = produced if produced.is_dir() else produced.parent
-    weights = folder / "weights.pt"
-    report = json.loads((folder / "training.json").read_text()) if (folder / "training.json").is_file() else {}
-    architecture = report.get("architecture", "sam_tiny")
-    size = get_architecture(architecture).image_size
-    training_data = report.get("training_data", {"generator": "training.phantoms.generate_phantom", "seed": seed})
-    metrics = _numbers("", report.get("metrics", report.get("held_out", {})))
-    version = write_version(
+    report = json.loads((folder / "training.json").read_text())
+    version = export_segmenter(
         root,
-        role=ROLE_SEGMENTER,
+        folder,
         name=DEMO_SEGMENTER_NAME,
         version=DEMO_VERSION,
-        architecture=architecture,
-        weights=torch.load(weights, map_location="cpu", weights_only=True),
-        input_size=(size, size),
-        channels=3,
-        normalisation=SEGMENTER_NORMALISATION,
-        labels=LUNG_SIDES,
-        metrics=metrics,
+        metrics=report.get("metrics", {}),
+        training_data=report.get("training_data", {"generator": "training.phantoms.generate_phantom", "seed": seed}),
         intended_use=DEMO_INTENDED_USE_SEGMENTER,
-        training_data_description=(
-            "Synthetic PA chest phantoms (training.phantoms.generate_phantom) with their true lung masks; "
-            f"recipe {json.dumps(training_data, sort_keys=True)}"
-        ),
-        training_data_fingerprint=training_data.get("fingerprint") or data_fingerprint(training_data),
         clinical_use=False,
         created_at=DEMO_CREATED_AT,
     )
@@ -114,33 +76,15 @@ def _write_segmenter(root: Path, work: Path, seed: int, progress: bool) -> str:
 
 
 def _write_classifier(root: Path, work: Path, policy: str, seed: int, progress: bool) -> str:
-    from training.classifier import load_demo_metadata, train_demo_classifier
+    from training.classifier import train_demo_classifier
 
     folder = Path(train_demo_classifier(work / f"classifier_{policy}", policy, seed=seed, progress=progress))
-    meta = load_demo_metadata(folder)
-    training_data = dict(meta["training_data"])
-    fingerprint = training_data.pop("fingerprint", None) or data_fingerprint(training_data)
-    version = write_version(
+    version = export_classifier(
         root,
-        role=ROLE_CLASSIFIER,
+        folder,
         name=DEMO_CLASSIFIER_NAME.format(policy=policy),
         version=DEMO_VERSION,
-        architecture=meta["architecture"],
-        parameters={"mean": float(meta["mean"]), "std": float(meta["std"])},
-        weights=torch.load(folder / "weights.pt", map_location="cpu", weights_only=True),
-        input_size=(int(meta["input_size"]), int(meta["input_size"])),
-        channels=1,
-        normalisation=CLASSIFIER_NORMALISATION,
-        labels=meta["labels"],
-        policy=policy,
-        thresholds=meta["thresholds"],
-        metrics=_numbers("", meta.get("metrics", {})),
         intended_use=DEMO_INTENDED_USE_CLASSIFIER.format(policy=policy),
-        training_data_description=(
-            f"Synthetic PA chest phantoms with injected findings ({', '.join(FINDINGS)}), ground-truth lung "
-            f"masks, '{policy}' policy applied; recipe {json.dumps(training_data, sort_keys=True)}"
-        ),
-        training_data_fingerprint=fingerprint,
         clinical_use=False,
         created_at=DEMO_CREATED_AT,
     )

@@ -173,12 +173,25 @@ def models_promote(
 def models_build_demo(
     out: Optional[Path] = typer.Option(None, "--out", help="Store root to write (default: the bundled models/demo_store)."),
     seed: int = typer.Option(0, "--seed", help="Base seed (the committed demo store uses 0)."),
+    check: bool = typer.Option(False, "--check", help="Build into a temporary folder and compare with --out (exit 1 on a difference)."),
 ) -> None:
     """Rebuild the demo models deterministically with the project's own training code (NOT FOR CLINICAL USE)."""
-    from training.build_demo import build_demo_store
+    import tempfile
+
+    from training.build_demo import build_demo_store, compare_stores
+    from models.store import DEMO_STORE_DIR
 
     _configure_logging()
     try:
+        if check:
+            with tempfile.TemporaryDirectory(prefix="demo-check-") as tmp:
+                problems = compare_stores(build_demo_store(Path(tmp) / "store", seed=seed), out or DEMO_STORE_DIR)
+            for problem in problems:
+                typer.echo(problem)
+            typer.echo("identical to the committed demo store" if not problems else f"{len(problems)} difference(s)")
+            if problems:
+                raise typer.Exit(1)
+            return
         root = build_demo_store(out, seed=seed)
     except (ModelStoreError, ValueError) as error:
         _fail(str(error))
@@ -216,5 +229,140 @@ def _configure_logging() -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
-def evaluate() -> None:  # replaced below once training.evaluation lands
+def _version_name(version: Optional[str]) -> str:
+    import datetime as dt
+
+    return version or dt.datetime.now(dt.timezone.utc).strftime("%Y.%m.%d-%H%M%S")
+
+
+def _phantom_source(size: int):
+    """A training.segmenter SampleSource drawing fresh phantoms from the generator it is given."""
+    from training.phantoms import generate_phantom
+
+    def draw(rng):  # noqa: ANN001, ANN202
+        phantom = generate_phantom(size, seed=rng)
+        return phantom.image, phantom.left_lung, phantom.right_lung
+
+    return draw
+
+
+#: Seeds of the held-out phantoms used to measure trained segmenters (never drawn in training,
+#: which draws from numpy generators seeded with [seed, step]).
+HELD_OUT_PHANTOM_SEED_BASE = 96_000
+
+
+@train_app.command("segmenter")
+def train_segmenter_command(
+    architecture: str = typer.Option("sam_tiny", "--architecture", help="sam_tiny, sam_small or sam_vit_b."),
+    data: str = typer.Option("phantoms", "--data", help="phantoms (generated on the fly)."),
+    init: Optional[Path] = typer.Option(None, "--init", exists=True, dir_okay=False, help="State dict to fine-tune from (e.g. medsam_vit_b.pth)."),
+    steps: int = typer.Option(1000, "--steps", min=1),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    held_out: int = typer.Option(20, "--held-out", min=1, help="Held-out phantoms for the Dice measured into the manifest."),
+    work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="Checkpoints (resumable); default <store>/_work/..."),
+    name: Optional[str] = typer.Option(None, "--name", help="Model name (default segmenter_<architecture>)."),
+    version: Optional[str] = typer.Option(None, "--version", help="Version (default: UTC time)."),
+    promote: bool = typer.Option(False, "--promote", help="Make it the active segmenter."),
+) -> None:
+    """Train a segmenter with the MedSAM recipe and register it in the model store."""
+    from models.segmenter import LungSegmenter, build_segmenter, get_architecture
+    from training.export import export_segmenter
+    from training.phantoms import generate_phantom
+    from training.segmenter import SegmenterTrainingConfig, evaluate_segmenter, train_segmenter
+
+    _configure_logging()
+    if data != "phantoms":
+        _fail(f"--data {data!r} is not supported for segmenters here; use phantoms")
+    store = _store()
+    arch = get_architecture(architecture)
+    name = name or f"segmenter_{architecture}"
+    version = _version_name(version)
+    work = work_dir or (store_root_from_settings() / "_work" / f"{name}-{version}")
+    config = SegmenterTrainingConfig(architecture=architecture, steps=steps, batch_size=batch_size, seed=seed, device=device)
+    weights = train_segmenter(_phantom_source(arch.image_size), work, config, initial_weights=init)
+    examples = []
+    for i in range(held_out):
+        phantom = generate_phantom(arch.image_size, seed=HELD_OUT_PHANTOM_SEED_BASE + i)
+        examples.append((phantom.image, phantom.left_lung, phantom.right_lung))
+    metrics = evaluate_segmenter(LungSegmenter(build_segmenter(architecture, weights), device=device), examples)
+    registered = export_segmenter(
+        store_root_from_settings(), work, name=name, version=version, metrics={"held_out": metrics},
+        training_data={"generator": "training.phantoms.generate_phantom", "size": arch.image_size, "seed": seed,
+                       "steps": steps, "batch_size": batch_size, "held_out_seeds": [HELD_OUT_PHANTOM_SEED_BASE, HELD_OUT_PHANTOM_SEED_BASE + held_out]},
+        intended_use="Lung segmentation trained on synthetic phantoms. Research use; NOT FOR CLINICAL USE.",
+    )
+    if promote:
+        store.promote(ROLE_SEGMENTER, registered.ref)
+    typer.echo(f"trained {registered.ref}: held-out Dice left {metrics['mean_dice_left']:.3f}, right {metrics['mean_dice_right']:.3f}")
+
+
+@train_app.command("classifier")
+def train_classifier_command(
+    policy: str = typer.Option(..., "--policy", help="original, loose or tight."),
+    backbone: str = typer.Option("resnet50", "--backbone", help="resnet50, densenet121, efficientnet_b0, resnet18, cxr_tiny."),
+    data: str = typer.Option("phantoms", "--data", help="phantoms or nih."),
+    nih_root: Optional[Path] = typer.Option(None, "--nih-root", help="NIH ChestX-ray14 folder (Data_Entry_2017.csv, images, split lists)."),
+    epochs: int = typer.Option(10, "--epochs", min=1),
+    batch_size: int = typer.Option(32, "--batch-size", min=1),
+    input_size: int = typer.Option(224, "--input-size", min=32),
+    image_size: int = typer.Option(256, "--image-size", min=32, help="Phantom side in pixels (phantoms only)."),
+    count: int = typer.Option(2400, "--count", min=10, help="Training phantoms (phantoms only; val/test get a sixth each)."),
+    seed: int = typer.Option(0, "--seed"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: CUDA when available)."),
+    work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="Checkpoints (resumable)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Model name (default classifier_<backbone>_<policy>)."),
+    version: Optional[str] = typer.Option(None, "--version", help="Version (default: UTC time)."),
+    promote: bool = typer.Option(False, "--promote", help="Make it the active classifier of its policy."),
+) -> None:
+    """Train a classifier under one mask policy and register it in the model store."""
+    from models.policies import parse_policy
+    from training.export import export_classifier
+
+    _configure_logging()
+    try:
+        policy = parse_policy(policy).value
+    except ValueError as error:
+        _fail(str(error))
+    store = _store()
+    name = name or f"classifier_{backbone}_{policy}"
+    version = _version_name(version)
+    work = work_dir or (store_root_from_settings() / "_work" / f"{name}-{version}")
+    if data == "phantoms":
+        from training.classifier import train_demo_classifier
+
+        folder = train_demo_classifier(
+            work / "model", policy, seed=seed, architecture=backbone, image_size=image_size, input_size=input_size,
+            n_train=count, n_val=max(count // 6, 10), n_test=max(count // 6, 10), epochs=epochs, batch_size=batch_size,
+            checkpoint_dir=work / "checkpoints", device=device,
+        )
+        intended = "Five-finding classification trained on synthetic phantoms. Research use; NOT FOR CLINICAL USE."
+    elif data == "nih":
+        if nih_root is None:
+            _fail("--data nih needs --nih-root DIR (the ChestX-ray14 folder with Data_Entry_2017.csv)")
+        folder = _train_nih_classifier(nih_root, work, policy=policy, backbone=backbone, epochs=epochs,
+                                       batch_size=batch_size, input_size=input_size, seed=seed, device=device)
+        intended = "Five-finding classification trained on NIH ChestX-ray14. Research use; NOT FOR CLINICAL USE."
+    else:
+        _fail(f"--data must be phantoms or nih; got {data!r}")
+        return
+    registered = export_classifier(store_root_from_settings(), folder, name=name, version=version, intended_use=intended)
+    if promote:
+        store.promote(ROLE_CLASSIFIER, registered.ref, policy=policy)
+    macro = registered.manifest.metrics.get("test.macro_auroc")
+    typer.echo(f"trained {registered.ref} (policy {policy})" + (f": held-out macro AUROC {macro:.3f}" if macro is not None else ""))
+
+
+def _train_nih_classifier(nih_root: Path, work: Path, **kwargs: Any) -> Path:
+    """Train on NIH ChestX-ray14 (training.nih readers); returns the saved classifier folder."""
+    try:
+        from training.nih import train_nih_classifier  # type: ignore[attr-defined]
+    except ImportError as error:
+        _fail(f"NIH training is not available in this build ({error})")
+        raise
+    return Path(train_nih_classifier(nih_root, work, **kwargs))
+
+
+def evaluate() -> None:  # replaced once training.evaluation lands
     """Evaluate a classifier version."""
