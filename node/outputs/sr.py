@@ -11,7 +11,8 @@ Observation Context (TID 1001/1002/1004)  device observer = the classifier: its 
                                           name, manufacturer ``cxr-node``, model, version
 Procedure Reported                        SCT 399208008 *Plain chest X-ray* (the examination,
                                           not the algorithm)
-Image Library                             the source radiograph
+Image Library                             the source radiograph (left out when it lacks
+                                          Patient Orientation or Imager Pixel Spacing)
 Imaging Measurements, per finding         one group per label of ``models.labels.FINDINGS``:
                                           Tracking Identifier + Tracking Unique Identifier
                                           (deterministic), Finding = the SNOMED CT code
@@ -227,6 +228,17 @@ def _qualitative_evaluations(analysis: AnalysisResult) -> hd.sr.ContainerContent
     return container
 
 
+def _library_describable(source: Dataset) -> bool:
+    """Whether highdicom can write the source's Image Library entry (TID 1601/1603).
+
+    The projection radiography descriptors need Patient Orientation (row and column) and
+    Imager Pixel Spacing; without them the (optional) Image Library is left out rather
+    than filled with invented values.
+    """
+    orientation = source.get("PatientOrientation") or []
+    return len(orientation) == 2 and all(str(v).strip() for v in orientation) and bool(source.get("ImagerPixelSpacing"))
+
+
 def _demo_models(analysis: AnalysisResult) -> list[ModelVersionInfo]:
     return [model for model in (analysis.segmenter, analysis.classifier) if not model.clinical_use]
 
@@ -309,7 +321,7 @@ def build_measurement_report(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=codes.PLAIN_CHEST_XRAY,
         imaging_measurements=groups,
-        referenced_images=[source_header],
+        referenced_images=[source_header] if _library_describable(source_header) else None,
     )
     report[0].ContentSequence.append(_qualitative_evaluations(analysis))
 

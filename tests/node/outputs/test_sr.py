@@ -17,7 +17,7 @@ from node.outputs.seg import NOT_FOR_CLINICAL_USE, build_lung_segmentation
 from node.outputs.sr import build_measurement_report
 from tests.support.analysis_factory import make_analysis, phantom_radiograph
 from tests.support.dicom_tools import dciodvfy_errors, read_tid1500
-from training.dicom_export import RadiographIdentity, radiograph_dataset
+from training.dicom_export import CR_IMAGE, RadiographIdentity, radiograph_dataset
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +86,7 @@ def test_tid1500reader_reads_the_probabilities_of_the_analysis(outputs, tmp_path
     assert all(group["TrackingIdentifier"] for group in report["Measurements"])
 
 
-def test_report_header_follows_ihe_air(outputs, tmp_path: Path) -> None:
+def test_report_header_follows_ihe_air(outputs, source, tmp_path: Path) -> None:
     _, sr_paths, analyses = outputs
     report = read_tid1500(sr_paths["loose"], tmp_path / "sr.json")
     assert report["procedureReported"]["CodeValue"] == codes.PLAIN_CHEST_XRAY.value
@@ -94,6 +94,7 @@ def test_report_header_follows_ihe_air(outputs, tmp_path: Path) -> None:
     observer = report["observerContext"]
     assert observer["ObserverType"] == "DEVICE"
     assert observer["DeviceObserverUID"] == analyses["loose"].classifier.device_uid
+    assert report["imageLibrary"] == [source.SOPInstanceUID]
 
 
 def test_contributing_equipment_names_both_models_with_their_device_uids(outputs) -> None:
@@ -217,3 +218,14 @@ def test_probability_outside_unit_interval_is_refused(source, phantom) -> None:
     bad = dataclasses.replace(analysis, probabilities={**analysis.probabilities, "Mass": 1.5})
     with pytest.raises(ValueError, match=r"a probability must lie in \[0, 1\]; got 1.5"):
         build_measurement_report(source, seg, bad)
+
+
+def test_source_without_orientation_or_imager_spacing_still_gives_valid_outputs(phantom, tmp_path: Path) -> None:
+    ds = radiograph_dataset(phantom.image, RadiographIdentity.new(), modality="CR", sop_class_uid=CR_IMAGE)
+    del ds.PatientOrientation
+    assert "ImagerPixelSpacing" not in ds
+    analysis = make_analysis(phantom)
+    seg_path = write_output(tmp_path, build_lung_segmentation(ds, analysis))
+    sr_path = write_output(tmp_path, build_measurement_report(ds, pydicom.dcmread(seg_path), analysis))
+    assert dciodvfy_errors(seg_path) == [] and dciodvfy_errors(sr_path) == []
+    assert "Image Library" not in [_name(i) for i in _content_items(pydicom.dcmread(sr_path))]
