@@ -51,7 +51,7 @@ MIN_SIZE = 32
 MAX_SIZE = 4096
 
 #: The scene is rendered at most at this resolution and upsampled above it (speed at 2048 px).
-RENDER_MAX = 1024
+RENDER_MAX = 512
 
 #: Grid on which lesion positions are chosen (independent of the output size, for determinism).
 PLACEMENT_GRID = 128
@@ -575,10 +575,23 @@ def _draw_finding(rng: np.random.Generator, kind: str, scene: _Scene) -> _Findin
 # rendering
 
 
-def _disk_profile(n: int, center: tuple[float, float], radius: float, lobes=None, phases=None) -> np.ndarray:
-    """``(n, n)`` float32 in [0, 1]: a soft-edged (optionally lobulated) disk."""
+def _window(n: int, center: tuple[float, float], reach: float) -> tuple[slice, slice]:
+    """Row and column slices of an ``(n, n)`` image covering ``center`` +- ``reach`` (normalised)."""
+    lo_x = max(0, int(math.floor((center[0] - reach) * n)))
+    hi_x = min(n, int(math.ceil((center[0] + reach) * n)) + 1)
+    lo_y = max(0, int(math.floor((center[1] - reach) * n)))
+    hi_y = min(n, int(math.ceil((center[1] + reach) * n)) + 1)
+    return slice(lo_y, hi_y), slice(lo_x, hi_x)
+
+
+def _disk_profile(
+    out: np.ndarray, center: tuple[float, float], radius: float, lobes=None, phases=None
+) -> None:
+    """Max-blend a soft-edged (optionally lobulated) disk, peak 1, into the square ``out``."""
+    n = out.shape[0]
+    rows, cols = _window(n, center, radius * 1.4 + 2.0 / n)
     x, y = _grid(n)
-    dx, dy = x - center[0], y - center[1]
+    dx, dy = x[:, cols] - center[0], y[rows, :] - center[1]
     r = np.sqrt(dx * dx + dy * dy)
     rad = np.full_like(r, radius)
     if lobes:
@@ -588,7 +601,8 @@ def _disk_profile(n: int, center: tuple[float, float], radius: float, lobes=None
     edge = max(radius * 0.15, 0.75 / n)
     t = np.clip((rad - r) / edge, -1.0, 1.0)
     core = np.sqrt(np.clip(1.0 - (r / np.maximum(rad, 1e-6)) ** 2, 0.0, 1.0))
-    return (np.clip(0.5 + 0.5 * t, 0.0, 1.0) * (0.45 + 0.55 * core)).astype(np.float32)
+    disk = np.clip(0.5 + 0.5 * t, 0.0, 1.0) * (0.45 + 0.55 * core)
+    np.maximum(out[rows, cols], disk, out=out[rows, cols])
 
 
 def _finding_density(
@@ -603,7 +617,7 @@ def _finding_density(
     if f.kind in ("Mass", "Nodule"):
         out = np.zeros((n, n), np.float32)
         for center, radius in zip(p["centers"], p["radii"]):  # type: ignore[call-overload]
-            out = np.maximum(out, _disk_profile(n, center, radius, p.get("lobes"), p.get("phases")))
+            _disk_profile(out, center, radius, p.get("lobes"), p.get("phases"))
         return out * float(p["density"]), None  # type: ignore[arg-type]
     if f.kind == "Pneumonia":
         blob = np.zeros((n, n), np.float32)
@@ -651,12 +665,27 @@ def _finding_density(
     raise ValueError(f"unknown finding {f.kind!r}")
 
 
-def _lines_layer(lines: Iterable[tuple[np.ndarray, float, float]], n: int, blur: float) -> np.ndarray:
+def _lines_canvas(n: int) -> tuple[Image.Image, ImageDraw.ImageDraw]:
     canvas = Image.new("F", (n, n), 0.0)
-    draw = ImageDraw.Draw(canvas)
-    for line, width, strength in lines:
-        _polyline(draw, line, n, width, strength)
-    return ndimage.gaussian_filter(np.asarray(canvas), blur)
+    return canvas, ImageDraw.Draw(canvas)
+
+
+def _abdomen(lung_or_heart: np.ndarray) -> np.ndarray:
+    """``(n, n)`` float32 in [0, 1]: the region below the lungs and heart.
+
+    Columns lateral to the lungs continue the costophrenic level and fade out over 6 % of the width.
+    """
+    n = lung_or_heart.shape[0]
+    has = lung_or_heart.any(axis=0)
+    if not has.any():
+        return np.zeros((n, n), np.float32)
+    cols = np.arange(n)
+    bottom = n - np.argmax(lung_or_heart[::-1, :], axis=0)
+    rows = np.rint(np.interp(cols, cols[has], bottom[has]))
+    inside = cols[has]
+    gap = np.maximum(inside.min() - cols, cols - inside.max()).clip(0) / n
+    fade = np.clip(1.0 - gap / 0.06, 0.0, 1.0)
+    return ((np.arange(n)[:, None] >= rows[None, :]) * fade[None, :]).astype(np.float32)
 
 
 #: Density at which the display reaches white (before the exposure's gamma).
@@ -664,58 +693,65 @@ _WHITE_DENSITY = 1.25
 
 
 def _render(scene: _Scene, n: int) -> tuple[np.ndarray, dict[str, np.ndarray], list[np.ndarray | None]]:
-    """Render at ``n``: returns the image (before noise), the lung masks, each finding's region."""
+    """Render at ``n``: returns the image (before noise), the lung masks, each finding's region.
+
+    Sharp anatomy is summed into one density map and blurred once (the detector's blur); smooth
+    random fields and the findings are added after that.
+    """
     x, y = _grid(n)
     ex = scene.exposure
     lungs = _lung_masks(scene, n)
-    lung_any = (lungs["left"] | lungs["right"]).astype(np.float32)
+    lung_mask = lungs["left"] | lungs["right"]
+    lung_any = lung_mask.astype(np.float32)
     blur = max(0.5, n / 400)
+    bone = ex["bone"]
 
-    body = _raster_polygon(scene.body, n).astype(np.float32)
-    body = ndimage.gaussian_filter(body, blur * 2)
-    # soft tissue is thicker in the middle of the chest and below the diaphragm
+    body = _raster_polygon(scene.body, n)
+    # soft tissue is thicker in the middle of the chest
     thickness = np.clip(1.0 - ((x - scene.spine_x) / 0.6) ** 2, 0.2, 1.0)
-    density = body * (0.45 + 0.2 * thickness + 0.03 * _field_at(scene.fields["soft"], n))
+    sharp = body * (0.45 + 0.2 * thickness)
 
-    lung_soft = ndimage.gaussian_filter(lung_any, blur)
     apical = np.clip((y - 0.08) / 0.25, 0.45, 1.0)
-    air = ex["lung_air"] * apical * (0.92 + 0.08 * _field_at(scene.fields["lung"], n))
-    density -= lung_soft * air * 0.62
+    air = ex["lung_air"] * 0.62 * apical * (0.92 + 0.08 * _field_at(scene.fields["lung"], n))
 
     behind = np.zeros((n, n), bool)
     for poly in scene.lungs.values():
         behind |= _raster_polygon(poly, n)
-    # heart and mediastinum; below the hemidiaphragms the abdomen is as dense as the heart
     sil_mask = _raster_polygon(scene.silhouette, n)
-    abdomen = np.maximum.accumulate(behind | sil_mask, axis=0) & ~behind
-    abdomen = ndimage.gaussian_filter(abdomen.astype(np.float32), blur * 4) * body
-    silhouette = ndimage.gaussian_filter(sil_mask.astype(np.float32), blur)
-    density += 0.22 * np.maximum(silhouette, abdomen)
-    # lung behind the heart shows faintly through
-    behind_soft = ndimage.gaussian_filter((behind & ~(lung_any > 0)).astype(np.float32), blur * 3)
-    density -= 0.10 * air * behind_soft
+    # heart and mediastinum; below the hemidiaphragms the abdomen is as dense as the heart
+    sharp += 0.22 * np.maximum(sil_mask, _abdomen(behind | sil_mask)) * body
+    # aerated lung, and (faintly) the lung behind the heart
+    sharp -= air * (lung_any + 0.16 * (behind & sil_mask))
 
-    canvas = Image.new("F", (n, n), 0.0)
-    _polyline(ImageDraw.Draw(canvas), scene.trachea, n, 0.026, 1.0)
-    density -= 0.10 * ndimage.gaussian_filter(np.asarray(canvas), blur)
-
-    if scene.bubble is not None:
-        bx, by, rx, ry = scene.bubble
-        inside = np.clip(1.0 - ((x - bx) / rx) ** 2 - ((y - by) / ry) ** 2, 0.0, 1.0)
-        density -= 0.16 * np.sqrt(inside) * (1.0 - lung_any)
+    canvas, draw = _lines_canvas(n)
+    _polyline(draw, scene.trachea, n, 0.026, 1.0)
+    sharp -= 0.10 * np.asarray(canvas)
 
     # bones: spine (with vertebral bodies), ribs, clavicles
-    bone = ex["bone"]
     vert = 0.75 + 0.25 * np.cos(np.pi * y / 0.045) ** 2
     spine = np.clip(1.0 - np.abs(x - scene.spine_x) / scene.spine_width, 0.0, 1.0) ** 0.5
-    density += 0.10 * bone * spine * vert
-    density += 0.035 * bone * body * _lines_layer(((r, 0.022, 1.0) for r in scene.ribs), n, blur * 1.5)
-    density += 0.12 * bone * _lines_layer(((c, 0.028, 1.0) for c in scene.clavicles), n, blur)
+    sharp += 0.10 * bone * spine * vert
+    canvas, draw = _lines_canvas(n)
+    for rib in scene.ribs:
+        _polyline(draw, rib, n, 0.022, 0.035 * bone)
+    for clavicle in scene.clavicles:
+        _polyline(draw, clavicle, n, 0.028, 0.12 * bone)
+    sharp += np.asarray(canvas) * body
 
     # hilar vessels, visible inside the lungs, fading towards the periphery
-    vessels = _lines_layer(scene.vessels, n, blur * 1.5)
-    density += 0.09 * ex["vessels"] * vessels * lung_soft
-    density += 0.012 * _field_at(scene.fields["texture"], n) * lung_soft
+    canvas, draw = _lines_canvas(n)
+    for line, width, strength in scene.vessels:
+        _polyline(draw, line, n, width, strength)
+    sharp += 0.09 * ex["vessels"] * np.asarray(canvas) * lung_any
+
+    density = ndimage.gaussian_filter(sharp.astype(np.float32), blur, truncate=3.0)
+    density += 0.03 * _field_at(scene.fields["soft"], n) * density
+    density += 0.012 * _field_at(scene.fields["texture"], n) * lung_any
+    if scene.bubble is not None:
+        bx, by, rx, ry = scene.bubble
+        rows, cols = _window(n, (bx, by), max(rx, ry) + 2.0 / n)
+        inside = np.clip(1.0 - ((x[:, cols] - bx) / rx) ** 2 - ((y[rows, :] - by) / ry) ** 2, 0.0, 1.0)
+        density[rows, cols] -= 0.16 * np.sqrt(inside) * (1.0 - lung_any[rows, cols])
 
     rendered = [_finding_density(f, scene, n, lungs) for f in scene.findings]
     for fd, _ in rendered:
@@ -740,8 +776,10 @@ def _lesions(scene: _Scene, regions: list[np.ndarray | None], n: int, out: int) 
             for center, radius, side in zip(p["centers"], p["radii"], sides):  # type: ignore[arg-type]
                 cx, cy = center[0] * out - 0.5, center[1] * out - 0.5
                 r = radius * out
+                mask = np.zeros((out, out), bool)
+                rows, cols = _window(out, center, radius + 2.0 / out)
                 xs, ys = _grid(out)
-                mask = (xs - center[0]) ** 2 + (ys - center[1]) ** 2 <= radius * radius
+                mask[rows, cols] = (xs[:, cols] - center[0]) ** 2 + (ys[rows, :] - center[1]) ** 2 <= radius * radius
                 lesions.append(Lesion(f.kind, (float(cx), float(cy)), float(r), mask, side))
         else:
             small = region if region is not None else np.zeros((n, n), bool)
