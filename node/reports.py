@@ -28,7 +28,7 @@ from node.constants import JobState, StudyState
 from node.db import Instance, Job, Study
 
 #: Modules that register report sections; imported by :func:`study_report` (append yours here).
-REPORT_MODULES: tuple[str, ...] = ()
+REPORT_MODULES: tuple[str, ...] = ("node.delivery.report",)
 
 SectionFunction = Callable[[Session, Study], Any]
 _SECTIONS: dict[str, SectionFunction] = {}

@@ -35,6 +35,16 @@ from node.tasks.registry import startup_sweep, task
 
 log = logging.getLogger(__name__)
 
+#: Study states a finished delivery round may move: ``running`` too, because the pipeline wakes
+#: deliveries before ``process_study`` closes its job (the job closing then leaves the study as
+#: it is), and ``delivered``/``failed`` for a resend.
+_DELIVERY_MOVABLE_STATES = (
+    StudyState.RUNNING.value,
+    StudyState.DONE.value,
+    StudyState.DELIVERED.value,
+    StudyState.FAILED.value,
+)
+
 #: A pending delivery overdue by this much has lost its wake-up; the periodic sweep re-sends it.
 OVERDUE_GRACE_SECONDS = 30.0
 
@@ -150,8 +160,8 @@ def sweep_overdue(database: Database, dispatcher: object, *, grace_seconds: floa
 def update_study_delivery_states(database: Database, delivery_ids: Sequence[int]) -> None:
     """Move the studies of these deliveries to ``delivered`` or ``failed`` once all are final.
 
-    Only the latest generation's job counts, and only a study that finished processing
-    (``done``, or already ``delivered``/``failed`` from an earlier round) is moved.
+    Only the latest generation's job counts, and only a study in :data:`_DELIVERY_MOVABLE_STATES`
+    is moved (never one re-opened by a late instance).
     """
     if not delivery_ids:
         return
@@ -179,7 +189,7 @@ def update_study_delivery_states(database: Database, delivery_ids: Sequence[int]
                 .where(
                     Study.id == study_id,
                     Study.generation == generation,
-                    Study.state.in_([StudyState.DONE.value, StudyState.DELIVERED.value, StudyState.FAILED.value]),
+                    Study.state.in_(_DELIVERY_MOVABLE_STATES),
                 )
                 .values(state=target.value, updated_at=utcnow())
                 .execution_options(synchronize_session=False)
