@@ -332,6 +332,8 @@ def log_accepted(event: "Event") -> None:
 def log_aborted(event: "Event") -> None:
     """EVT_ABORTED: a peer or network abort (an unfinished C-STORE is then not stored)."""
     assoc = event.assoc
+    if assoc.is_rejected:  # the peer closing after our rejection; already logged
+        return
     log.warning(
         "association from %s (%s:%s) aborted",
         (assoc.requestor.ae_title or "").strip(),

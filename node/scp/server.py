@@ -90,7 +90,13 @@ class ListenerHandle:
         if self._stopped:
             return
         self._stopped = True
-        self.ae.shutdown()
+        self.server.shutdown()  # stop accepting and close the listening socket
+        # Abort what is in flight: an unanswered C-STORE is not stored and the sender retries.
+        # Rejected associations that wait for the peer to close are left to end by themselves
+        # (aborting them there is an invalid DUL event).
+        for assoc in self.ae.active_associations:
+            if assoc.is_established:
+                assoc.abort()
         log.info("DICOM listener on port %d stopped", self.port)
 
 

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _STATUS = re.compile(r"DIMSE Status\s*:\s*0x([0-9A-Fa-f]{4})")
-_REJECT = re.compile(r"Association Rejected:.*?Result:\s*(.+?)\s*\n.*?Source:\s*(.+?)\s*\n.*?Reason:\s*(.+?)\s*\n", re.S)
+# DCMTK 3.6.7 prints "F: Result: Rejected Permanent, Source: Service User" then "F: Reason: ...".
+_REJECT = re.compile(r"Association Rejected:.*?Result:\s*([^,\n]+),\s*Source:\s*([^\n]+?)\s*\n.*?Reason:\s*([^\n]+?)\s*$", re.S | re.M)
 
 
 @dataclass(frozen=True)

@@ -122,7 +122,7 @@ def make_instance(
     sop_class_uid:
         DX for Presentation (default), DX for Processing, CR or Secondary Capture.
     size:
-        Rows = Columns.
+        Rows = Columns; JPEG 2000 needs at least 32 (OpenJPEG's default resolution levels).
     """
     if transfer_syntax_uid not in TRANSFER_SYNTAXES:
         raise ValueError(f"{transfer_syntax_uid} is not a transfer syntax the listener accepts")

@@ -163,7 +163,6 @@ def _bad_uid(path: Path, uid: str) -> Path:
     return path
 
 
-@pytest.mark.slow
 def test_each_bad_input_gets_its_status_while_a_good_study_completes_in_parallel(
     start_node: Callable[..., Node], tmp_path: Path, send_files_raw: None
 ) -> None:

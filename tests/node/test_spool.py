@@ -1,0 +1,83 @@
+"""The durable spool: paths from validated UIDs only, atomic writes, no debris."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from node.constants import PARTIAL_SUFFIX
+from node.spool import Spool
+
+STUDY, SERIES, SOP = "1.2.3", "1.2.3.4", "1.2.3.4.5"
+
+
+def test_file_lands_at_study_series_instance_path(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    written = spool.write(STUDY, SERIES, SOP, [b"abc", memoryview(b"def")])
+    assert written.relative_path == f"{STUDY}/{SERIES}/{SOP}.dcm"
+    assert written.path == tmp_path / "spool" / STUDY / SERIES / f"{SOP}.dcm"
+    assert written.path.read_bytes() == b"abcdef"
+    assert written.size_bytes == 6
+    assert spool.path_of(written.relative_path) == written.path
+
+
+@pytest.mark.parametrize(
+    ("study", "series", "sop"),
+    [("..", SERIES, SOP), (STUDY, "../../x", SOP), (STUDY, SERIES, "/etc/passwd"), (STUDY, SERIES, "1.2.3 ")],
+)
+def test_header_text_that_is_not_a_uid_never_becomes_a_path(tmp_path: Path, study: str, series: str, sop: str) -> None:
+    spool = Spool(tmp_path / "spool")
+    with pytest.raises(ValueError, match="is not a DICOM UID"):
+        spool.write(study, series, sop, [b"x"])
+    assert not any(tmp_path.rglob("*.dcm"))
+
+
+def test_rewrite_replaces_the_file_atomically_and_leaves_no_partials(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    spool.write(STUDY, SERIES, SOP, [b"first"])
+    written = spool.write(STUDY, SERIES, SOP, [b"second"])
+    assert written.path.read_bytes() == b"second"
+    assert not list(tmp_path.rglob(f"*{PARTIAL_SUFFIX}"))
+
+
+def test_failed_write_leaves_neither_a_partial_nor_a_file(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+
+    def chunks():  # type: ignore[no-untyped-def]
+        yield b"start"
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        spool.write(STUDY, SERIES, SOP, chunks())
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def test_partials_left_by_a_crash_are_removed_at_start(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    kept = spool.write(STUDY, SERIES, SOP, [b"whole"])
+    debris = kept.path.parent / f".{SOP}.dcm.deadbeef{PARTIAL_SUFFIX}"
+    debris.write_bytes(b"half")
+    assert spool.remove_partials() == 1
+    assert not debris.exists()
+    assert kept.path.read_bytes() == b"whole"
+
+
+def test_path_of_refuses_paths_leaving_the_spool(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    with pytest.raises(ValueError, match="stay inside the spool"):
+        spool.path_of("../outside.dcm")
+    with pytest.raises(ValueError, match="stay inside the spool"):
+        spool.path_of("/etc/passwd")
+
+
+def test_files_are_not_world_readable(tmp_path: Path) -> None:
+    written = Spool(tmp_path).write(STUDY, SERIES, SOP, [b"x"])
+    assert os.stat(written.path).st_mode & 0o007 == 0
+
+
+def test_free_bytes_reports_the_spool_file_system(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "not-yet-created")
+    free = spool.free_bytes()
+    assert 0 < free == pytest.approx(os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize, rel=0.01)
