@@ -46,6 +46,7 @@ class NodeService:
         self.database = Database(settings.resolved_database_url)
         self.dispatcher: Dispatcher | None = None
         self.scanner: CompletionScanner | None = None
+        self.delivery_sweeper: Any = None
         self.listener: Any = None
         self._stop_requested = threading.Event()
         self._stopped = False
@@ -82,6 +83,10 @@ class NodeService:
         )
         self.scanner.add_wakeups(wake)
         self.scanner.start()
+        from node.delivery.sweep import DeliverySweeper
+
+        self.delivery_sweeper = DeliverySweeper(self.database, dispatcher)
+        self.delivery_sweeper.start()
         if self.with_listener:
             from node.scp.server import start_listener
 
@@ -101,6 +106,8 @@ class NodeService:
                 log.exception("listener did not shut down cleanly")
         if self.scanner is not None:
             self.scanner.stop()
+        if self.delivery_sweeper is not None:
+            self.delivery_sweeper.stop()
         if self.dispatcher is not None:
             self.dispatcher.shutdown(wait=True)
         self.database.engine.dispose()

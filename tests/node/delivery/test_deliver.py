@@ -181,3 +181,27 @@ def test_resend_sends_the_same_objects_again_without_duplicates(
 def test_resend_of_an_unknown_study_says_so(database: Database, settings: Settings) -> None:
     with pytest.raises(LookupError, match="no study 1.2.3"):
         plan_resend(database, settings, "1.2.3")
+
+
+def test_the_sweeper_thread_wakes_overdue_deliveries_until_stopped(
+    database: Database, settings: Settings, study_files: StudyFiles
+) -> None:
+    from node.delivery.sweep import DeliverySweeper
+
+    ids = start_deliveries(database, study_files, RemoteNode("PACS", "127.0.0.1", 104))
+    woken: list[list[int]] = []
+
+    class Recorder:
+        def enqueue(self, name: str, *args, **kwargs) -> None:
+            woken.append(list(args[0]))
+
+    sweeper = DeliverySweeper(database, Recorder(), interval=0.05, grace_seconds=0)
+    sweeper.start()
+    try:
+        wait_for(lambda: len(woken) >= 2, "two sweeps", timeout=10)
+    finally:
+        sweeper.stop()
+    count = len(woken)
+    time.sleep(0.2)  # stopped: no further sweep may come
+    assert len(woken) == count
+    assert woken[0] == ids
