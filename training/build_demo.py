@@ -42,6 +42,8 @@ DEMO_CREATED_AT = "2026-11-25T00:00:00+00:00"
 #: CPU threads used while building (results of float reductions can depend on it).
 DEMO_THREADS = 2
 DEMO_SEGMENTER_NAME = "demo_sam_tiny"
+#: Folder inside the demo store where finished training runs may be dropped (never committed).
+INCOMING_DIRNAME = "_incoming"
 DEMO_CLASSIFIER_NAME = "demo_cxr_tiny_{policy}"
 
 DEMO_INTENDED_USE_SEGMENTER = (
@@ -55,11 +57,23 @@ DEMO_INTENDED_USE_CLASSIFIER = (
 )
 
 
-def _write_segmenter(root: Path, work: Path, seed: int, progress: bool) -> str:
-    from training.segmenter import train_demo_segmenter
+def _find_incoming(incoming: Path, marker: str, policy: str | None = None) -> Path:
+    """The run folder under ``incoming`` holding ``marker`` (and, for classifiers, trained under ``policy``)."""
+    for path in sorted(Path(incoming).rglob(marker)):
+        if policy is None or json.loads(path.read_text()).get("policy") == policy:
+            return path.parent
+    what = f"a classifier run for policy {policy!r}" if policy else "a segmenter run"
+    raise FileNotFoundError(f"{incoming} holds no {what} (a folder with {marker}); train it or build without --incoming")
 
-    produced = Path(train_demo_segmenter(work / "segmenter", seed=seed))
-    folder = produced if produced.is_dir() else produced.parent
+
+def _write_segmenter(root: Path, work: Path, seed: int, progress: bool, incoming: Path | None = None) -> str:
+    if incoming is not None:
+        folder = _find_incoming(incoming, "training.json")
+    else:
+        from training.segmenter import train_demo_segmenter
+
+        produced = Path(train_demo_segmenter(work / "segmenter", seed=seed))
+        folder = produced if produced.is_dir() else produced.parent
     report = json.loads((folder / "training.json").read_text())
     version = export_segmenter(
         root,
@@ -75,10 +89,13 @@ def _write_segmenter(root: Path, work: Path, seed: int, progress: bool) -> str:
     return version.ref
 
 
-def _write_classifier(root: Path, work: Path, policy: str, seed: int, progress: bool) -> str:
-    from training.classifier import train_demo_classifier
+def _write_classifier(root: Path, work: Path, policy: str, seed: int, progress: bool, incoming: Path | None = None) -> str:
+    if incoming is not None:
+        folder = _find_incoming(incoming, "classifier.json", policy)
+    else:
+        from training.classifier import train_demo_classifier
 
-    folder = Path(train_demo_classifier(work / f"classifier_{policy}", policy, seed=seed, progress=progress))
+        folder = Path(train_demo_classifier(work / f"classifier_{policy}", policy, seed=seed, progress=progress))
     version = export_classifier(
         root,
         folder,
@@ -91,7 +108,9 @@ def _write_classifier(root: Path, work: Path, policy: str, seed: int, progress: 
     return version.ref
 
 
-def build_demo_store(out: Path | None = None, *, seed: int = 0, progress: bool = True) -> Path:
+def build_demo_store(
+    out: Path | None = None, *, seed: int = 0, progress: bool = True, incoming: Path | None = None
+) -> Path:
     """Train the demo models and write them as a complete store root at ``out``.
 
     Parameters
@@ -99,6 +118,9 @@ def build_demo_store(out: Path | None = None, *, seed: int = 0, progress: bool =
     out : the store root to (re)write; default the bundled ``models/demo_store``. Its previous
         content is replaced only once the new store is complete.
     seed : base seed of every training run (the committed store uses 0).
+    incoming : instead of training, take finished runs of the same demo recipes from this folder
+        (``train_demo_segmenter``'s output folder with ``training.json``, and
+        ``train_demo_classifier``'s with ``classifier.json``, one per policy).
 
     Returns
     -------
@@ -114,17 +136,19 @@ def build_demo_store(out: Path | None = None, *, seed: int = 0, progress: bool =
             work = Path(tmp) / "work"
             staging = Path(tmp) / "store"
             store = ModelStore(staging, fallback=None)
-            seg_ref = _write_segmenter(staging, work, seed, progress)
+            seg_ref = _write_segmenter(staging, work, seed, progress, incoming)
             store.promote(ROLE_SEGMENTER, seg_ref)
             for policy in MaskPolicy:
-                ref = _write_classifier(staging, work, policy.value, seed, progress)
+                ref = _write_classifier(staging, work, policy.value, seed, progress, incoming)
                 store.promote(ROLE_CLASSIFIER, ref, policy=policy.value)
             problems = [(ref, error) for ref, error in store.verify() if error]
             if problems:
                 raise RuntimeError(f"the demo store just built does not verify: {problems}")
-            if out.exists():
-                shutil.rmtree(out)
-            shutil.copytree(staging, out)
+            out.mkdir(parents=True, exist_ok=True)
+            for child in out.iterdir():  # replace everything but a drop folder of finished runs
+                if child.name != INCOMING_DIRNAME:
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+            shutil.copytree(staging, out, dirs_exist_ok=True)
     finally:
         torch.set_num_threads(threads)
     logger.info("demo store built at %s in %.0f s", out, time.perf_counter() - started)
@@ -148,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="store root (default: models/demo_store)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--check", action="store_true", help="build into a temporary folder and compare with --out")
+    parser.add_argument("--incoming", type=Path, default=None, help="finished demo training runs to package instead of training")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.check:
@@ -159,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             print(problem)
         print("identical" if not problems else f"{len(problems)} difference(s)")
         return 1 if problems else 0
-    build_demo_store(args.out, seed=args.seed)
+    build_demo_store(args.out, seed=args.seed, incoming=args.incoming)
     return 0
 
 

@@ -174,6 +174,7 @@ def models_build_demo(
     out: Optional[Path] = typer.Option(None, "--out", help="Store root to write (default: the bundled models/demo_store)."),
     seed: int = typer.Option(0, "--seed", help="Base seed (the committed demo store uses 0)."),
     check: bool = typer.Option(False, "--check", help="Build into a temporary folder and compare with --out (exit 1 on a difference)."),
+    incoming: Optional[Path] = typer.Option(None, "--incoming", exists=True, file_okay=False, help="Package finished runs of the demo recipes from this folder instead of training."),
 ) -> None:
     """Rebuild the demo models deterministically with the project's own training code (NOT FOR CLINICAL USE)."""
     import tempfile
@@ -192,7 +193,7 @@ def models_build_demo(
             if problems:
                 raise typer.Exit(1)
             return
-        root = build_demo_store(out, seed=seed)
+        root = build_demo_store(out, seed=seed, incoming=incoming)
     except (ModelStoreError, ValueError) as error:
         _fail(str(error))
         return

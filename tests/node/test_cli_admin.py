@@ -1,0 +1,105 @@
+"""Admin commands: cxr-node models list/show/verify/promote/import-medsam, evaluate."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from models.loading import load_models
+from models.segmenter import build_segmenter
+from models.store import ModelStore, write_version
+from node.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture()
+def env(tmp_path: Path) -> dict[str, str | None]:
+    """A fresh data directory: its model store is empty, the bundled demo store is the fallback."""
+    return {"CXR_NODE_DATA_DIR": str(tmp_path / "var"), "CXR_NODE_MODEL_DIR": None, "CXR_NODE_CONFIG_FILE": None}
+
+
+def _invoke(args: list[str], env: dict[str, str | None]):
+    """Run ``cxr-node ARGS`` in-process; ``output`` holds stdout and stderr."""
+    return runner.invoke(app, args, env=env)
+
+
+def test_models_list_json_shows_the_demo_versions_and_what_is_active(env: dict[str, str | None]) -> None:
+    result = _invoke(["models", "list", "--json"], env)
+    assert result.exit_code == 0, result.output
+    listing = json.loads(result.output)
+    assert listing["root"] == str(Path(env["CXR_NODE_DATA_DIR"]) / "models")
+    by_role: dict[str, list[dict]] = {}
+    for version in listing["versions"]:
+        by_role.setdefault(version["role"], []).append(version)
+        assert version["read_only"] and version["clinical_use"] is False
+    assert len(by_role["segmenter"]) == 1 and by_role["segmenter"][0]["active_for"] == ["segmenter"]
+    active = sorted(a for v in by_role["classifier"] for a in v["active_for"])
+    assert active == ["classifier:loose", "classifier:original", "classifier:tight"]
+
+
+def test_models_verify_passes_on_the_demo_store_and_fails_on_a_damaged_copy(env: dict[str, str | None]) -> None:
+    ok = _invoke(["models", "verify", "--json"], env)
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.output)["ok"] is True
+
+    demo = ModelStore(None).active_classifier("loose")
+    root = Path(env["CXR_NODE_DATA_DIR"]) / "models"
+    copy = root / "classifier" / demo.manifest.name / demo.manifest.version
+    shutil.copytree(demo.folder, copy)  # shadows the demo version
+    with open(copy / demo.manifest.weights_file, "r+b") as handle:
+        handle.seek(200)
+        byte = handle.read(1)
+        handle.seek(200)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+    bad = _invoke(["models", "verify"], env)
+    assert bad.exit_code == 1
+    assert f"FAIL {demo.ref}" in bad.output and str(copy / demo.manifest.weights_file) in bad.output
+    assert "rebuild" in bad.output
+
+
+def test_models_promote_switches_the_active_classifier_of_its_policy(env: dict[str, str | None]) -> None:
+    demo = ModelStore(None).active_classifier("tight")
+    root = Path(env["CXR_NODE_DATA_DIR"]) / "models"
+    m = demo.manifest
+    write_version(
+        root, role="classifier", name=m.name, version="retrained-1", architecture=m.architecture,
+        parameters=m.parameters, weights=demo.load_state_dict(), input_size=m.input_size,
+        channels=m.input["channels"], normalisation=m.input["normalisation"], labels=m.labels, policy="tight",
+        thresholds={k: 0.3 for k in m.labels}, intended_use=m.intended_use,
+        training_data_description="test copy", training_data_fingerprint=m.training_data["fingerprint"],
+    )
+    ref = f"{m.name}:retrained-1"
+    refused = _invoke(["models", "promote", "classifier", ref, "--policy", "loose"], env)
+    assert refused.exit_code == 1 and "trained under mask policy 'tight'" in refused.output
+
+    promoted = _invoke(["models", "promote", "classifier", ref], env)
+    assert promoted.exit_code == 0, promoted.output
+    shown = json.loads(_invoke(["models", "show", ref, "--json"], env).output)
+    assert shown["active_for"] == ["classifier:tight"] and shown["read_only"] is False
+    assert json.loads((root / "active.json").read_text()) == {"classifier": {"tight": ref}}
+    bundle = load_models(root, "cpu", policies=["tight", "loose"])
+    assert bundle.classifier_versions["tight"].ref == ref
+    assert bundle.classifier_versions["loose"].read_only  # still the demo one
+    assert bundle.classifiers["tight"].config.thresholds == {k: 0.3 for k in m.labels}
+
+
+def test_import_medsam_refuses_a_checkpoint_of_another_layout(env: dict[str, str | None], tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    wrong = tmp_path / "medsam_vit_b.pth"
+    torch.save(build_segmenter("sam_tiny").state_dict(), wrong)
+    result = _invoke(["models", "import-medsam", str(wrong)], env)
+    assert result.exit_code == 1
+    assert "does not fit architecture 'sam_vit_b'" in result.output and "missing keys" in result.output
+    assert not (Path(env["CXR_NODE_DATA_DIR"]) / "models" / "segmenter").exists()
+
+
+def test_models_show_names_an_unknown_version_and_what_exists(env: dict[str, str | None]) -> None:
+    result = _invoke(["models", "show", "nonexistent"], env)
+    assert result.exit_code == 1
+    assert "no model version 'nonexistent'" in result.output and "demo_sam_tiny" in result.output
