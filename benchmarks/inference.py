@@ -184,14 +184,14 @@ def print_table(title: str, rows: dict[str, dict[str, float]], baseline: str | N
     print(f"\n{title}")
     header = f"{'models':<28}" + "".join(f"{c:>15}" for c in columns) + f"{'x baseline':>12}"
     if extra:
-        header += f"{extra:>12}"
+        header += f"{extra:>14}"
     print(header)
     for name, row in rows.items():
         line = f"{name:<28}" + "".join(f"{1000 * row[c]:>13.1f}ms" if c in row else f"{'-':>15}" for c in columns)
         ratio = row["total"] / rows[baseline]["total"] if baseline in rows and baseline else float("nan")
         line += f"{ratio:>12.1f}"
         if extra:
-            line += f"{row.get(extra, float('nan')):>12.1f}"
+            line += f"{row.get(extra, float('nan')):>14.1f}"
         print(line)
 
 
@@ -204,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-sizes", default="1,8,32", help="GPU batch sizes")
     parser.add_argument("--batches", type=int, default=3, help="timed batches per batch size (after a warm-up batch)")
     parser.add_argument("--batched-cpu", action="store_true", help="also run the batched path on the CPU")
+    parser.add_argument("--demo-root", type=Path, default=DEMO_STORE_DIR, help="store root of the baseline set (default: the bundled demo store)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
     args = parser.parse_args(argv)
@@ -218,10 +219,10 @@ def main(argv: list[str] | None = None) -> int:
 
     figures: dict[str, object] = {"threads": torch.get_num_threads(), "image_size": args.image_size, "cpu": {}, "batched": {}}
     with tempfile.TemporaryDirectory(prefix="cxr-bench-") as tmp:
-        roots: dict[str, Path | None] = {}
+        roots: dict[str, Path] = {}
         for name in sets:
             if name == "demo":
-                roots[name] = None
+                roots[name] = args.demo_root
             elif name == "medsam_resnet50":
                 roots[name] = random_medsam_resnet50_store(Path(tmp) / "store", args.classifier_size)
             else:
@@ -231,8 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             cpu_rows: dict[str, dict[str, float]] = {}
             batched_rows: dict[str, dict[str, float]] = {}
             for name in sets:
-                fallback = DEMO_STORE_DIR if roots[name] is None else None
-                bundle = load_models(roots[name], device, policies=[POLICY], fallback=fallback)
+                bundle = load_models(roots[name], device, policies=[POLICY], fallback=None)
                 label = f"{name} ({bundle.segmenter_version.manifest.architecture}+{bundle.classifier_for(POLICY)[1].manifest.architecture})"
                 cpu_rows[label] = time_single(bundle, phantoms, args.repeats)
                 if device == "cuda" or args.batched_cpu:
