@@ -103,10 +103,12 @@ def test_contributing_equipment_names_both_models_with_their_device_uids(outputs
     ours = [item for item in ds.ContributingEquipmentSequence if item.get("Manufacturer") == "cxr-node"]
     analysis = analyses["loose"]
     assert {item.DeviceUID for item in ours} == {analysis.segmenter.device_uid, analysis.classifier.device_uid}
+    models = {model.device_uid: model for model in (analysis.segmenter, analysis.classifier)}
     for item in ours:
+        model = models[item.DeviceUID]
         assert item.PurposeOfReferenceCodeSequence[0].CodeValue == codes.PROCESSING_EQUIPMENT.value
-        assert item.ManufacturerModelName in (analysis.segmenter.name, analysis.classifier.name)
-        assert any(version in item.SoftwareVersions for version in (analysis.segmenter.version,))
+        assert item.ManufacturerModelName == model.name
+        assert model.version in item.SoftwareVersions
 
 
 def test_lung_areas_reference_their_segments_without_frame_numbers(outputs, source) -> None:
