@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import create_engine, event, inspect
+from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+#: PostgreSQL advisory lock key held while a process checks or migrates the schema
+#: (``cxr-node serve`` and ``cxr-node worker`` may start at the same moment).
+SCHEMA_LOCK_KEY = 0x63787273  # "cxrs"
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
@@ -70,9 +75,44 @@ class Database:
 
     def upgrade(self, revision: str = "head") -> None:
         """Bring the schema to ``revision`` (``cxr-node db upgrade``)."""
+        with self._schema_lock():
+            self._upgrade(revision)
+
+    def _upgrade(self, revision: str = "head") -> None:
         from alembic import command
 
         command.upgrade(self.alembic_config(), revision)
+
+    @contextmanager
+    def _schema_lock(self) -> Iterator[None]:
+        """Serialise schema checks and migrations between processes sharing this database.
+
+        SQLite: an exclusive ``flock`` on ``<database file>.schema-lock``; PostgreSQL: a
+        session advisory lock. Other databases: no lock.
+        """
+        if self.url.startswith("sqlite"):
+            path = self.url.split("///", 1)[-1]
+            if not path or path == ":memory:":
+                yield
+                return
+            with open(f"{path}.schema-lock", "a+b") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+            return
+        if self.engine.dialect.name == "postgresql":
+            with self.engine.connect() as connection:
+                connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+                connection.commit()
+                try:
+                    yield
+                finally:
+                    connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": SCHEMA_LOCK_KEY})
+                    connection.commit()
+            return
+        yield
 
     def current_revision(self) -> str | None:
         from alembic.runtime.migration import MigrationContext
@@ -93,13 +133,17 @@ class Database:
         A node must not silently migrate a production database: an outdated one stops start-up
         with the command that fixes it.
         """
+        with self._schema_lock():
+            self._ensure_schema_locked()
+
+    def _ensure_schema_locked(self) -> None:
         current = self.current_revision()
         if current == self.head_revision():
             return
         has_tables = bool(inspect(self.engine).get_table_names())
         if current is None and not has_tables:
             log.info("empty database; creating schema at %s", self.head_revision())
-            self.upgrade()
+            self._upgrade()
             return
         if current is None:
             raise RuntimeError(
@@ -109,7 +153,7 @@ class Database:
             )
         if self.url.startswith("sqlite"):
             log.info("upgrading SQLite database from %s to %s", current, self.head_revision())
-            self.upgrade()
+            self._upgrade()
             return
         raise RuntimeError(
             f"database schema is at revision {current}, this node needs {self.head_revision()}; "

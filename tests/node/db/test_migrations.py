@@ -55,3 +55,29 @@ def test_non_empty_database_without_a_revision_is_refused(tmp_path: Path) -> Non
         connection.exec_driver_sql("CREATE TABLE foreign_table (id INTEGER)")
     with pytest.raises(RuntimeError, match="cxr-node db upgrade"):
         database.ensure_schema()
+
+
+def test_processes_starting_together_create_the_schema_once(tmp_path: Path) -> None:
+    import threading
+
+    url = f"sqlite:///{tmp_path / 'node.sqlite3'}"
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+
+    def start() -> None:  # serve and workers each open their own engine
+        database = Database(url)
+        barrier.wait()
+        try:
+            database.ensure_schema()
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == []
+    database = Database(url)
+    assert database.current_revision() == database.head_revision()
+    assert _schema_differences(database) == []

@@ -68,6 +68,32 @@ def test_db_upgrade_command_migrates_an_empty_postgres_database_to_the_models(po
     database.engine.dispose()
 
 
+def test_serve_and_workers_starting_together_create_the_schema_once(postgres: PostgresServer) -> None:
+    url = postgres.create_database("concurrent_start")
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(4)
+    engines: list[Database] = []
+
+    def start() -> None:
+        database = Database(url)
+        engines.append(database)
+        barrier.wait()
+        try:
+            database.ensure_schema()
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    assert engines[0].current_revision() == engines[0].head_revision()
+    for database in engines:
+        database.engine.dispose()
+
+
 def test_node_refuses_an_outdated_postgres_schema_with_the_fix(postgres: PostgresServer) -> None:
     database = Database(postgres.create_database("outdated"))
     database.upgrade("0001")

@@ -72,7 +72,11 @@ def _encode(source: Path, target: Path, uid: str, argv: list[str] | None) -> byt
 
 
 @pytest.fixture()
-def node(tmp_path: Path):  # type: ignore[no-untyped-def]
+def node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    # These tests are about opening and decoding; the study steps registered by other modules
+    # (models and outputs) are left out, and a test registers its own where it needs one.
+    registry.load_task_modules()
+    monkeypatch.setattr(registry, "_STUDY_STEPS", {})
     settings = make_settings(tmp_path)
     database = make_database(settings)
     dispatcher = InProcessDispatcher(settings, database)
@@ -174,7 +178,7 @@ def test_a_duplicate_wake_up_does_not_process_again(node) -> None:  # type: igno
 
 
 @pytest.fixture()
-def registered_steps():  # type: ignore[no-untyped-def]
+def registered_steps(node):  # type: ignore[no-untyped-def]
     added: list[str] = []
 
     def register(name: str, fn, order: int = 100) -> None:  # type: ignore[no-untyped-def]
@@ -182,8 +186,6 @@ def registered_steps():  # type: ignore[no-untyped-def]
         added.append(name)
 
     yield register
-    for name in added:
-        registry._STUDY_STEPS.pop(name, None)
 
 
 def test_registered_study_steps_get_the_decoded_instances_and_fill_the_summary(node, registered_steps) -> None:  # type: ignore[no-untyped-def]
