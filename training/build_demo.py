@@ -108,6 +108,29 @@ def _write_classifier(root: Path, work: Path, policy: str, seed: int, progress: 
     return version.ref
 
 
+def render_readme(store: ModelStore) -> str:
+    """``README.md`` of the demo store (deterministic: from the manifests alone)."""
+    lines = [
+        "# Bundled demo models — NOT FOR CLINICAL USE",
+        "",
+        "Built by `cxr-node models build-demo` (module `training.build_demo`) from synthetic phantoms with",
+        "the project's own training code; do not edit by hand. Rebuild and compare with",
+        "`cxr-node models build-demo --check`. These are the embedded default models of cxr-node; every",
+        "result they produce is marked as not for clinical use.",
+        "",
+        "| role | ref | architecture | policy | held-out metrics | Device UID |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    active = store.active()
+    for version in store.list_versions():
+        m = version.manifest
+        keys = [k for k in sorted(m.metrics) if k.endswith(("macro_auroc", "no_finding_auroc", "mean_dice_left", "mean_dice_right"))]
+        metrics = ", ".join(f"{k.split('.')[-1]} {m.metrics[k]:.3f}" for k in keys) or "-"
+        lines.append(f"| {m.role} | `{m.ref}` | {m.architecture} | {m.policy or '-'} | {metrics} | `{m.device_uid}` |")
+    lines += ["", f"Active: `{json.dumps(active, sort_keys=True)}`", ""]
+    return "\n".join(lines)
+
+
 def build_demo_store(
     out: Path | None = None, *, seed: int = 0, progress: bool = True, incoming: Path | None = None
 ) -> Path:
@@ -141,6 +164,7 @@ def build_demo_store(
             for policy in MaskPolicy:
                 ref = _write_classifier(staging, work, policy.value, seed, progress, incoming)
                 store.promote(ROLE_CLASSIFIER, ref, policy=policy.value)
+            (staging / "README.md").write_text(render_readme(store), encoding="utf-8")
             problems = [(ref, error) for ref, error in store.verify() if error]
             if problems:
                 raise RuntimeError(f"the demo store just built does not verify: {problems}")
