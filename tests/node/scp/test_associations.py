@@ -9,7 +9,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from node.scp import statuses
 from node.scp.contexts import TRANSFER_SYNTAXES
-from tests.node.scp.conftest import VERIFICATION_CONTEXT, Node
+from tests.support.listener import VERIFICATION_CONTEXT, Node
 from tests.support.dicom_files import make_instance
 from training.dicom_export import DX_FOR_PRESENTATION
 

@@ -10,7 +10,7 @@ from pydicom import dcmread
 from pydicom.uid import JPEG2000Lossless, JPEGLSLossless, RLELossless
 
 from node.scp import statuses
-from tests.node.scp.conftest import Node
+from tests.support.listener import Node
 from tests.support.dcmtk import echoscu, storescu
 from tests.support.dicom_files import make_instance, make_study
 from training.dicom_export import RadiographIdentity, radiograph_dataset

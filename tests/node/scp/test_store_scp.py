@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from sqlalchemy import text, update
 from node.constants import PARTIAL_SUFFIX, StudyState
 from node.db import Study
 from node.scp import statuses
-from tests.node.scp.conftest import VERIFICATION_CONTEXT, Node
+from tests.support.listener import VERIFICATION_CONTEXT, Node
 from tests.support.dicom_files import make_instance, make_study
 from training.dicom_export import DX_FOR_PRESENTATION, DX_FOR_PROCESSING, RadiographIdentity, radiograph_dataset
 
@@ -164,8 +165,9 @@ def _bad_uid(path: Path, uid: str) -> Path:
 
 
 def test_each_bad_input_gets_its_status_while_a_good_study_completes_in_parallel(
-    start_node: Callable[..., Node], tmp_path: Path, send_files_raw: None
+    start_node: Callable[..., Node], tmp_path: Path, send_files_raw: None, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="node")
     node = start_node(max_instance_bytes=4096)
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -208,6 +210,14 @@ def test_each_bad_input_gets_its_status_while_a_good_study_completes_in_parallel
     assert len(list(node.spool.rglob("*.dcm"))) == len(good)
     study = node.study(good[0].identity.study_instance_uid)
     assert study is not None and study.state == StudyState.RECEIVED.value
+
+    # One log line per refusal, naming the status; never the patient's name or ID.
+    refusals = [r.getMessage() for r in caplog.records if "refused with" in r.getMessage()]
+    assert len(refusals) == len(cases)
+    for status in {status for _path, status in cases.values()}:
+        assert any(f"0x{status:04X}" in line for line in refusals)
+    identity = good[0].identity
+    assert identity.patient_name not in caplog.text and identity.patient_id not in caplog.text
 
 
 def test_row_that_cannot_be_committed_gets_a702_and_leaves_no_file(node: Node, tmp_path: Path) -> None:

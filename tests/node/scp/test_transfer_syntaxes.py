@@ -10,7 +10,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from node.scp import statuses
 from node.scp.contexts import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
-from tests.node.scp.conftest import Node
+from tests.support.listener import Node
 from tests.support.dicom_files import TRANSFER_SYNTAXES as FACTORY_SYNTAXES
 from tests.support.dicom_files import make_instance
 from training.dicom_export import DX_FOR_PRESENTATION
