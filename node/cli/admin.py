@@ -308,7 +308,7 @@ def train_classifier_command(
     epochs: int = typer.Option(10, "--epochs", min=1),
     batch_size: int = typer.Option(32, "--batch-size", min=1),
     input_size: int = typer.Option(224, "--input-size", min=32),
-    image_size: int = typer.Option(256, "--image-size", min=32, help="Phantom side in pixels (phantoms only)."),
+    image_size: int = typer.Option(256, "--image-size", min=32, help="Side the images are read at (phantoms: generated at)."),
     count: int = typer.Option(2400, "--count", min=10, help="Training phantoms (phantoms only; val/test get a sixth each)."),
     seed: int = typer.Option(0, "--seed"),
     device: Optional[str] = typer.Option(None, "--device", help="cpu or cuda (default: CUDA when available)."),
@@ -343,7 +343,8 @@ def train_classifier_command(
         if nih_root is None:
             _fail("--data nih needs --nih-root DIR (the ChestX-ray14 folder with Data_Entry_2017.csv)")
         folder = _train_nih_classifier(nih_root, work, policy=policy, backbone=backbone, epochs=epochs,
-                                       batch_size=batch_size, input_size=input_size, seed=seed, device=device)
+                                       batch_size=batch_size, input_size=input_size, seed=seed, device=device,
+                                       image_size=image_size)
         intended = "Five-finding classification trained on NIH ChestX-ray14. Research use; NOT FOR CLINICAL USE."
     else:
         _fail(f"--data must be phantoms or nih; got {data!r}")
@@ -355,14 +356,54 @@ def train_classifier_command(
     typer.echo(f"trained {registered.ref} (policy {policy})" + (f": held-out macro AUROC {macro:.3f}" if macro is not None else ""))
 
 
-def _train_nih_classifier(nih_root: Path, work: Path, **kwargs: Any) -> Path:
-    """Train on NIH ChestX-ray14 (training.nih readers); returns the saved classifier folder."""
-    try:
-        from training.nih import train_nih_classifier  # type: ignore[attr-defined]
-    except ImportError as error:
-        _fail(f"NIH training is not available in this build ({error})")
-        raise
-    return Path(train_nih_classifier(nih_root, work, **kwargs))
+def _train_nih_classifier(
+    nih_root: Path, work: Path, *, policy: str, backbone: str, epochs: int, batch_size: int, input_size: int,
+    seed: int, device: Optional[str], image_size: int,
+) -> Path:
+    """Train on NIH ChestX-ray14 (official test list, train/val split by patient); return the saved folder.
+
+    NIH has no lung masks: under ``loose``/``tight`` the active segmenter of the store provides them
+    (an image whose segmentation fails stops the run with the reason; ``original`` needs no masks).
+    """
+    import hashlib
+
+    from models.loading import load_segmenter
+    from training.classifier import PolicyDataset, TrainConfig, evaluate_classifier, segmenter_masks, train_classifier
+    from training.datasets import NIHChestXray14
+    from training.datasets.nih import find_label_file
+
+    store = _store()
+    kwargs: dict[str, Any] = {}
+    segmenter_ref = None
+    if policy != "original":
+        version = store.active_segmenter()
+        segmenter = load_segmenter(version, device or "cpu")
+        segmenter_ref = version.ref
+        kwargs["mask_source"] = segmenter_masks(lambda image, spacing: segmenter.segment(image))
+    splits = {
+        split: PolicyDataset(NIHChestXray14(nih_root, split, image_size=image_size, seed=seed, view_positions=("PA", "AP")),
+                             policy, input_size, **kwargs)
+        for split in ("train", "val", "test")
+    }
+    config = TrainConfig(architecture=backbone, policy=policy, input_size=input_size, epochs=epochs, batch_size=batch_size,
+                         seed=seed, device=device)
+    result = train_classifier(splits["train"], splits["val"], config, work / "checkpoints")
+    test_metrics = evaluate_classifier(result.classifier, splits["test"])
+    label_file = find_label_file(Path(nih_root))
+    training_data = {
+        "dataset": "NIH ChestX-ray14",
+        "label_file": label_file.name,
+        "label_file_sha256": hashlib.sha256(label_file.read_bytes()).hexdigest(),
+        "counts": {split: len(ds) for split, ds in splits.items()},
+        "split": f"official test list; train/val by patient, seed {seed}",
+        "views": ["PA", "AP"],
+        "image_size": image_size,
+        "lung_masks": segmenter_ref or "none (original policy)",
+    }
+    folder = work / "model"
+    result.classifier.save(folder, {"metrics": {"test": test_metrics}, "validation_metrics": result.val_metrics,
+                                    "training_data": training_data})
+    return folder
 
 
 def evaluate() -> None:  # replaced once training.evaluation lands
