@@ -26,7 +26,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from pynetdicom import AE, evt
+from pynetdicom import AE, _config, evt
 from pynetdicom.transport import ThreadedAssociationServer
 
 from node.db import Database
@@ -111,6 +111,13 @@ def start_listener(
     Creates the spool directory and removes ``.part`` files an interrupted write left behind.
     Raises ``OSError`` when the address cannot be bound (e.g. the port is in use).
     """
+    if _config.STORE_RECV_CHUNKED_DATASET:
+        # The C-STORE handler reads the received bytes from memory (Event.encoded_dataset's
+        # buffer); in chunked mode pynetdicom puts them in a temporary file instead.
+        raise ValueError(
+            "pynetdicom._config.STORE_RECV_CHUNKED_DATASET is set; the listener needs it False "
+            "(it writes the received bytes into the spool itself)"
+        )
     spool = Spool(settings.spool_dir)
     spool.ensure_root()
     spool.remove_partials()

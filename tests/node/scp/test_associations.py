@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom import _config
 
 from node.scp import statuses
 from node.scp.contexts import TRANSFER_SYNTAXES
@@ -102,3 +104,11 @@ def test_max_pdu_size_is_offered_to_the_peer(start_node: Callable[..., Node]) ->
     assert assoc.is_established
     assert assoc.acceptor.maximum_length == 32768
     assoc.release()
+
+
+def test_listener_refuses_to_start_in_pynetdicom_chunked_receive_mode(
+    start_node: Callable[..., Node], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_config, "STORE_RECV_CHUNKED_DATASET", True)
+    with pytest.raises(ValueError, match="STORE_RECV_CHUNKED_DATASET"):
+        start_node()
