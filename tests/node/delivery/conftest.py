@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,14 +11,12 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, evt
-from pynetdicom.presentation import AllStoragePresentationContexts
 
 from node.constants import JobState, OutputKind, StudyState
 from node.db import Database, Instance, Job, Study
 from node.db.schema import OutputObject
 from node.settings import Settings
-from tests.support.orthanc import free_port
+from tests.support.recording_scp import RecordingSCP
 from training.dicom_export import CR_IMAGE, RadiographIdentity, write_radiograph
 
 
@@ -126,51 +123,6 @@ def make_study_with_outputs(
 @pytest.fixture
 def study_files(database: Database, settings: Settings) -> StudyFiles:
     return make_study_with_outputs(database, settings)
-
-
-class RecordingSCP:
-    """A real pynetdicom Storage SCP on a free loopback port that answers a chosen status.
-
-    It records the presentation contexts each association proposed and the SOP Instance
-    UIDs it received, so tests can check what the node's SCU asked for.
-    """
-
-    def __init__(self, ae_title: str = "RECORDER", status: int = 0x0000) -> None:
-        self.ae_title = ae_title
-        self.status = status
-        self.port = free_port()
-        self.proposed: list[list[tuple[str, tuple[str, ...]]]] = []
-        self.received: list[str] = []
-        self._lock = threading.Lock()
-        ae = AE(ae_title=ae_title)
-        ae.require_called_aet = True
-        for context in AllStoragePresentationContexts:
-            ae.add_supported_context(
-                context.abstract_syntax, [ExplicitVRLittleEndian, ImplicitVRLittleEndian, "1.2.840.10008.1.2.4.90"]
-            )
-        self._ae = ae
-        self._server = ae.start_server(
-            ("127.0.0.1", self.port),
-            block=False,
-            evt_handlers=[(evt.EVT_C_STORE, self._on_store), (evt.EVT_REQUESTED, self._on_requested)],
-        )
-
-    def _on_requested(self, event) -> None:  # type: ignore[no-untyped-def]
-        contexts = [(str(cx.abstract_syntax), tuple(str(ts) for ts in cx.transfer_syntax)) for cx in event.assoc.requestor.requested_contexts]
-        with self._lock:
-            self.proposed.append(contexts)
-
-    def _on_store(self, event) -> int:  # type: ignore[no-untyped-def]
-        with self._lock:
-            self.received.append(str(event.request.AffectedSOPInstanceUID))
-        return self.status
-
-    @property
-    def node(self) -> str:
-        return f"{self.ae_title}@127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self._server.shutdown()
 
 
 @pytest.fixture

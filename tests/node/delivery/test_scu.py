@@ -12,7 +12,8 @@ from node.db import Database
 from node.db.schema import OutputObject
 from node.delivery.scu import StoreItem, presentation_contexts, send_files
 from node.settings import RemoteNode, Settings
-from tests.node.delivery.conftest import RecordingSCP, make_study_with_outputs
+from tests.node.delivery.conftest import make_study_with_outputs
+from tests.support.recording_scp import RecordingSCP
 from tests.support.orthanc import OrthancServer, free_port
 
 
