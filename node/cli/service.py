@@ -8,6 +8,7 @@ UIDs, AE titles and states only.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
@@ -279,6 +280,7 @@ def echo(
 ) -> None:
     """Send a C-ECHO (Verification) to a DICOM peer and report its answer."""
     configure_logging("WARNING")
+    logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)  # the outcome is reported below
     try:
         remote = RemoteNode.parse(peer)
     except ValueError as exc:
@@ -322,10 +324,10 @@ def c_echo(remote: RemoteNode, *, calling_aet: str, timeout: float = 10.0) -> di
             reason = getattr(primitive, "reason_str", "") if primitive is not None else ""
             kind = getattr(primitive, "result_str", "") if primitive is not None else ""
             result.update(association="rejected", detail=f"association rejected ({kind}): {reason}".strip())
-        elif assoc.is_aborted:
-            result.update(association="aborted", detail="association aborted (no accepted presentation context?)")
+        elif assoc.is_aborted and getattr(assoc.acceptor, "primitive", None) is not None:
+            result.update(association="aborted", detail="association aborted: the peer accepted no Verification context")
         else:
-            result.update(association="failed", detail=f"could not connect to {remote.host}:{remote.port}")
+            result.update(association="failed", detail=f"could not connect to {remote.host}:{remote.port} (or no answer)")
     finally:
         ae.shutdown()
     result["seconds"] = round(time.perf_counter() - started, 4)
