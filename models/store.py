@@ -552,12 +552,15 @@ def write_version(
     clinical_use: bool = False,
     created_at: str | None = None,
     overwrite: bool = False,
+    float_dtype: Any = None,
 ) -> ModelVersion:
     """Write a new version folder ``root/role/name/version`` (weights, manifest, card).
 
     ``weights`` is either a state dict (saved with ``torch.save``) or a path to an existing weights
-    file (copied byte for byte, e.g. an official checkpoint). The sha256 and Device UID are computed
-    here; ``created_at`` defaults to now (UTC). The folder is assembled next to its final place and
+    file (copied byte for byte, e.g. an official checkpoint). ``float_dtype`` (e.g.
+    ``torch.float16``) stores a state dict's floating-point tensors in that type to halve the file
+    (the demo models); loading casts them back to the network's float32. The sha256 and Device
+    UID are computed here; ``created_at`` defaults to now (UTC). The folder is assembled next to its final place and
     renamed into it, so a crash never leaves a half-written version.
     """
     import torch
@@ -571,6 +574,11 @@ def write_version(
         target = staging / weights_file
         if isinstance(weights, (str, os.PathLike)):
             shutil.copyfile(weights, target)
+        elif float_dtype is not None:
+            torch.save(
+                {k: (v.to(float_dtype) if torch.is_tensor(v) and v.is_floating_point() and v.dim() > 0 else v) for k, v in weights.items()},
+                target,
+            )
         else:
             torch.save(weights, target)
         sha = sha256_file(target)

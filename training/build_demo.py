@@ -39,6 +39,9 @@ logger = logging.getLogger(__name__)
 #: Version string and creation time of every demo model (fixed, so that a rebuild is identical).
 DEMO_VERSION = "2026.11.25"
 DEMO_CREATED_AT = "2026-11-25T00:00:00+00:00"
+#: Demo weights are stored in half precision (loaded back into float32 networks) to keep the
+#: repository small; the tests measure the stored models, not the float32 ones.
+DEMO_WEIGHTS_DTYPE = torch.float16
 #: CPU threads used while building (results of float reductions can depend on it).
 DEMO_THREADS = 2
 DEMO_SEGMENTER_NAME = "demo_sam_tiny"
@@ -85,6 +88,7 @@ def _write_segmenter(root: Path, work: Path, seed: int, progress: bool, incoming
         intended_use=DEMO_INTENDED_USE_SEGMENTER,
         clinical_use=False,
         created_at=DEMO_CREATED_AT,
+        float_dtype=DEMO_WEIGHTS_DTYPE,
     )
     return version.ref
 
@@ -104,6 +108,7 @@ def _write_classifier(root: Path, work: Path, policy: str, seed: int, progress: 
         intended_use=DEMO_INTENDED_USE_CLASSIFIER.format(policy=policy),
         clinical_use=False,
         created_at=DEMO_CREATED_AT,
+        float_dtype=DEMO_WEIGHTS_DTYPE,
     )
     return version.ref
 

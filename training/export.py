@@ -48,11 +48,13 @@ def export_segmenter(
     intended_use: str,
     clinical_use: bool = False,
     created_at: str | None = None,
+    float_dtype: torch.dtype | None = None,
 ) -> ModelVersion:
     """Write the segmenter trained into ``folder`` (``weights.pt``, ``training.json``) as a store version.
 
     ``metrics`` (e.g. held-out Dice per lung) are flattened to numbers; ``training_data`` describes
     the data (a ``fingerprint`` key is used as is, otherwise one is computed from the description).
+    ``float_dtype`` as in :func:`models.store.write_version`.
     """
     folder = Path(folder)
     report = json.loads((folder / "training.json").read_text())
@@ -76,6 +78,7 @@ def export_segmenter(
         training_data_fingerprint=fingerprint,
         clinical_use=clinical_use,
         created_at=created_at,
+        float_dtype=float_dtype,
     )
 
 
@@ -88,6 +91,7 @@ def export_classifier(
     intended_use: str,
     clinical_use: bool = False,
     created_at: str | None = None,
+    float_dtype: torch.dtype | None = None,
 ) -> ModelVersion:
     """Write the classifier saved in ``folder`` (``weights.pt``, ``classifier.json``) as a store version.
 
@@ -119,4 +123,5 @@ def export_classifier(
         training_data_fingerprint=fingerprint,
         clinical_use=clinical_use,
         created_at=created_at,
+        float_dtype=float_dtype,
     )
