@@ -110,8 +110,9 @@ class StoreHandler:
         transfer_syntax = str(event.context.transfer_syntax)
         data_set = request.DataSet
         if not isinstance(data_set, BytesIO):
-            log.error("C-STORE from %s: no data set received for %s", calling, affected_sop_instance)
-            return statuses.CANNOT_UNDERSTAND_CORRUPT
+            return self._refuse(
+                statuses.CANNOT_UNDERSTAND_CORRUPT, calling, affected_sop_instance, "no data set in the request"
+            )
         view = data_set.getbuffer()
         try:
             return self._store(event, view, calling, called, affected_sop_class, affected_sop_instance, transfer_syntax)
