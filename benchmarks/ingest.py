@@ -132,6 +132,20 @@ def count_files(directory: Path) -> int:
     return sum(1 for p in directory.rglob("*") if p.is_file() and not p.name.endswith(".part"))
 
 
+def node_rows(data_dir: Path) -> int:
+    """Instance rows the node committed (its SQLite database in the data directory)."""
+    from sqlalchemy import func, select
+
+    from node.db import Database, Instance
+
+    database = Database(f"sqlite:///{(data_dir / 'cxr-node.sqlite3').resolve()}")
+    try:
+        with database.session() as session:
+            return int(session.scalar(select(func.count()).select_from(Instance)) or 0)
+    finally:
+        database.engine.dispose()
+
+
 def run_receiver(name: str, command: list[str], env: dict[str, str], port: int, files: list[Path], out: Path) -> Result:
     log_path = out.parent / f"{out.name}.log"
     with open(log_path, "wb") as log:
@@ -141,7 +155,10 @@ def run_receiver(name: str, command: list[str], env: dict[str, str], port: int, 
             seconds = send(port, files)
         finally:
             stop(process)
-    received = count_files(out / "spool") if (out / "spool").exists() else count_files(out)
+    if (out / "spool").exists():  # the node: count files and committed rows; both must match
+        received = min(count_files(out / "spool"), node_rows(out))
+    else:
+        received = count_files(out)
     result = Result(name, seconds, len(files), received)
     shutil.rmtree(out, ignore_errors=True)
     print(f"  {name:<40} {result.rate:7.1f} images/s  ({seconds:6.1f} s, {received} files)", flush=True)

@@ -49,6 +49,15 @@ CANNOT_UNDERSTAND_INSTANCE_MISMATCH = 0xC213
 #: than the one of its presentation context.
 SOP_CLASS_NOT_SUPPORTED = 0x0122
 
+# --- Presentation context results (PS3.8 Table 9-18), per proposed context -----------------
+#: A SOP Class we do not store (CT, MR, ...) is refused during negotiation, before any data:
+#: its presentation context gets "abstract-syntax-not-supported". DCMTK storescu then prints
+#: "No presentation context for: (CT) ..." per such file, or "No Acceptable Presentation
+#: Contexts" and stops when nothing it proposed was accepted; no C-STORE is sent.
+CONTEXT_ABSTRACT_SYNTAX_NOT_SUPPORTED = 0x03
+#: None of the proposed transfer syntaxes is one of :data:`node.scp.contexts.TRANSFER_SYNTAXES`.
+CONTEXT_TRANSFER_SYNTAXES_NOT_SUPPORTED = 0x04
+
 STATUS_NAMES: dict[int, str] = {
     SUCCESS: "Success",
     OUT_OF_RESOURCES_TOO_LARGE: "Refused: Out of Resources (instance over the size limit)",

@@ -84,7 +84,7 @@ def test_unsupported_sop_class_gets_no_presentation_context(node: Node) -> None:
     assert accepted == {VERIFICATION_CONTEXT[0]}
     (rejected,) = assoc.rejected_contexts
     assert str(rejected.abstract_syntax) == CT_IMAGE_STORAGE
-    assert rejected.result == 0x03  # PS3.8 Table 9-18: abstract-syntax-not-supported
+    assert rejected.result == statuses.CONTEXT_ABSTRACT_SYNTAX_NOT_SUPPORTED
     assoc.release()
 
 
@@ -94,7 +94,7 @@ def test_unsupported_transfer_syntax_is_refused_and_supported_ones_accepted(node
     assert assoc.is_established
     assert [str(cx.transfer_syntax[0]) for cx in assoc.accepted_contexts] == [TRANSFER_SYNTAXES[0]]
     (rejected,) = assoc.rejected_contexts
-    assert rejected.result == 0x04  # transfer-syntaxes-not-supported
+    assert rejected.result == statuses.CONTEXT_TRANSFER_SYNTAXES_NOT_SUPPORTED
     assoc.release()
 
 

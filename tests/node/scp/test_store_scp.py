@@ -22,7 +22,6 @@ from tests.support.listener import VERIFICATION_CONTEXT, Node
 from tests.support.dicom_files import make_instance, make_study
 from training.dicom_export import DX_FOR_PRESENTATION, DX_FOR_PROCESSING, RadiographIdentity, radiograph_dataset
 
-EXPLICIT = [ExplicitVRLittleEndian]
 
 
 @pytest.fixture
