@@ -41,6 +41,10 @@ from models.labels import FINDINGS
 
 logger = logging.getLogger(__name__)
 
+#: Version of the generator's output: bumped whenever the same seed would draw a different image,
+#: so that a model's training-data fingerprint names the phantoms it saw.
+GENERATOR_VERSION = "2"
+
 #: Detector the phantoms imitate: 2048 pixels of 0.143 mm (a 293 mm field of view).
 DETECTOR_PIXELS = 2048
 DETECTOR_SPACING_MM = 0.143
@@ -977,6 +981,7 @@ def phantom_metadata(phantom: Phantom) -> dict[str, object]:
         "size": phantom.size,
         "seed": phantom.seed,
         "view_position": "PA",
+        "generator_version": GENERATOR_VERSION,
     }
 
 
