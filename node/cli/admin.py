@@ -406,5 +406,47 @@ def _train_nih_classifier(
     return folder
 
 
-def evaluate() -> None:  # replaced once training.evaluation lands
-    """Evaluate a classifier version."""
+def evaluate(
+    classifier: str = typer.Option(..., "--classifier", help="Classifier version (name:version); its mask policy is evaluated."),
+    out: Path = typer.Option(..., "--out", file_okay=False, help="Folder for report.json and the ROC PNGs."),
+    segmenter: Optional[str] = typer.Option(None, "--segmenter", help="Segmenter version (default: the active one)."),
+    data: str = typer.Option("phantoms", "--data", help="phantoms or nih."),
+    nih_root: Optional[Path] = typer.Option(None, "--nih-root", help="NIH ChestX-ray14 folder (official test list)."),
+    count: Optional[int] = typer.Option(200, "--count", min=1, help="Images (phantoms; for nih: the first N of the test list)."),
+    image_size: int = typer.Option(256, "--image-size", min=32, help="Phantom side / NIH read size in pixels."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", min=10, help="Bootstrap resamples for the AUROC intervals."),
+    seed: int = typer.Option(0, "--seed"),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda or auto."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Evaluate a classifier version end to end (segmenter masks, policy, classifier): AUROC with CIs, Dice, ROC PNGs."""
+    from training.model_evaluation import REPORT_NAME, evaluate_versions
+
+    _configure_logging()
+    try:
+        report = evaluate_versions(_store(), classifier, out, segmenter_ref=segmenter, data=data, nih_root=nih_root,
+                                   count=count, image_size=image_size, seed=seed, n_bootstrap=bootstrap, device=device,
+                                   progress=not as_json)
+    except (ModelStoreError, ValueError, FileNotFoundError) as error:
+        _fail(str(error))
+        return
+    if as_json:
+        typer.echo((out / REPORT_NAME).read_text())
+        return
+    cls = report["classification"]
+    macro = cls["macro_auroc"]
+    typer.echo(f"{report['classifier']['ref']} ({report['policy']}) on {cls['n_images']} images; report in {out / REPORT_NAME}")
+    for label, estimate in cls["labels"].items():
+        if estimate["auroc"] is None:
+            typer.echo(f"  {label:<10} AUROC undefined ({estimate['reason']})")
+        else:
+            typer.echo(f"  {label:<10} AUROC {estimate['auroc']:.3f} [{estimate['ci_low']:.3f}, {estimate['ci_high']:.3f}]")
+    if macro["auroc"] is not None:
+        typer.echo(f"  macro      AUROC {macro['auroc']:.3f} [{macro['ci_low']:.3f}, {macro['ci_high']:.3f}]")
+    nf = cls["no_finding"]
+    if nf["auroc"] is not None:
+        typer.echo(f"  No Finding AUROC {nf['auroc']:.3f}")
+    if "segmentation" in report:
+        seg = report["segmentation"]
+        typer.echo(f"  lung Dice  left {seg['left']['mean']:.3f}, right {seg['right']['mean']:.3f} (mean)")
+    typer.echo(f"  not classified (failed segmentation): {report['not_classified']['count']}")
