@@ -103,3 +103,20 @@ def test_models_show_names_an_unknown_version_and_what_exists(env: dict[str, str
     result = _invoke(["models", "show", "nonexistent"], env)
     assert result.exit_code == 1
     assert "no model version 'nonexistent'" in result.output and "demo_sam_tiny" in result.output
+
+
+@pytest.mark.slow
+def test_evaluate_writes_the_json_report_and_roc_pngs(env: dict[str, str | None], tmp_path: Path) -> None:
+    out = tmp_path / "evaluation"
+    result = _invoke(["evaluate", "--classifier", "demo_cxr_tiny_loose", "--count", "24", "--bootstrap", "100", "--out", str(out)], env)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "report.json").read_text())
+    assert report["policy"] == "loose" and report["data"]["kind"] == "phantoms"
+    classified = report["classification"]["n_images"]
+    assert classified + report["not_classified"]["count"] == 24
+    assert report["segmentation"]["left"]["n"] == 24
+    assert report["segmentation"]["left"]["median"] >= 0.9 and report["segmentation"]["right"]["median"] >= 0.9
+    assert set(report["classification"]["labels"]) == {"Mass", "Nodule", "Pneumonia", "Edema", "Fibrosis"}
+    for name in ("roc.png", "roc_Mass.png", "roc_Fibrosis.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "macro      AUROC" in result.output
