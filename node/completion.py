@@ -131,8 +131,9 @@ class CompletionScanner:
         Called with the job id after each job is committed (the wake-up, e.g.
         ``dispatcher.process_study``). If it raises, the wake-up is retried on the next pass.
     on_stale_sweep:
-        Optional; called every :data:`STALE_SWEEP_EVERY_PASSES` passes and returns job ids whose
-        worker died (broker mode), which then get a wake-up as well.
+        Optional; called every ``sweep_every_passes`` passes (default
+        :data:`STALE_SWEEP_EVERY_PASSES`) and returns job ids that need another wake-up (broker
+        mode: a worker died, or the broker restarted and forgot its messages).
     """
 
     def __init__(
@@ -142,11 +143,15 @@ class CompletionScanner:
         on_queued: Callable[[int], None],
         *,
         on_stale_sweep: Callable[[], list[int]] | None = None,
+        sweep_every_passes: int = STALE_SWEEP_EVERY_PASSES,
     ) -> None:
+        if sweep_every_passes < 1:
+            raise ValueError(f"sweep_every_passes must be 1 or more; got {sweep_every_passes}")
         self.database = database
         self.settings = settings
         self.on_queued = on_queued
         self.on_stale_sweep = on_stale_sweep
+        self.sweep_every_passes = sweep_every_passes
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -187,7 +192,7 @@ class CompletionScanner:
         self.passes += 1
         try:
             job_ids += [q.job_id for q in queue_quiet_studies(self.database, self.settings)]
-            if self.on_stale_sweep is not None and self.passes % STALE_SWEEP_EVERY_PASSES == 0:
+            if self.on_stale_sweep is not None and self.passes % self.sweep_every_passes == 0:
                 job_ids += self.on_stale_sweep()
         finally:
             failed: list[int] = []

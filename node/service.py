@@ -26,12 +26,12 @@ import threading
 from types import FrameType
 from typing import Any
 
-from node.completion import CompletionScanner
+from node.completion import STALE_SWEEP_EVERY_PASSES, CompletionScanner
 from node.db import Database
 from node.settings import Settings
 from node.tasks.context import TaskContext
 from node.tasks.dispatch import Dispatcher, create_dispatcher
-from node.tasks.jobs import requeue_stale_running, requeue_unfinished
+from node.tasks.jobs import queued_job_ids, requeue_stale_running, requeue_unfinished
 from node.tasks.registry import startup_sweeps
 
 log = logging.getLogger(__name__)
@@ -40,9 +40,11 @@ log = logging.getLogger(__name__)
 class NodeService:
     """The composed node; :meth:`start` then :meth:`stop`, or :meth:`run` until a signal."""
 
-    def __init__(self, settings: Settings, *, with_listener: bool = True) -> None:
+    def __init__(self, settings: Settings, *, with_listener: bool = True, sweep_every_passes: int = STALE_SWEEP_EVERY_PASSES) -> None:
         self.settings = settings
         self.with_listener = with_listener
+        self.sweep_every_passes = sweep_every_passes
+        self._broker_id: str | None = None
         self.database = Database(settings.resolved_database_url)
         self.dispatcher: Dispatcher | None = None
         self.scanner: CompletionScanner | None = None
@@ -75,11 +77,14 @@ class NodeService:
             except Exception:  # one sweep failing must not stop the node; its work stays in the DB
                 log.exception("start-up sweep %s failed", sweep.name)
         dispatcher = self.dispatcher
+        if not self.in_process:
+            self._broker_id = self._read_broker_id()
         self.scanner = CompletionScanner(
             self.database,
             settings,
             dispatcher.process_study,
-            on_stale_sweep=None if self.in_process else lambda: requeue_stale_running(self.database, settings),
+            on_stale_sweep=None if self.in_process else self.periodic_sweep,
+            sweep_every_passes=self.sweep_every_passes,
         )
         self.scanner.add_wakeups(wake)
         self.scanner.start()
@@ -92,6 +97,34 @@ class NodeService:
 
             self.listener = start_listener(settings, self.database, on_instance_stored=None)
             log.info("listening as %s on %s:%s", settings.ae_title, settings.host, getattr(self.listener, "port", settings.port))
+
+    def _read_broker_id(self) -> str | None:
+        reader = getattr(self.dispatcher, "broker_instance_id", None)
+        if reader is None:
+            return None
+        try:
+            return reader()
+        except Exception as exc:  # broker unreachable now; compared again on the next sweep
+            log.warning("cannot read the broker's instance id: %s", exc)
+            return None
+
+    def periodic_sweep(self) -> list[int]:
+        """Broker mode, every ``sweep_every_passes`` scans: job ids that need another wake-up.
+
+        Running jobs past ``CXR_NODE_JOB_TIMEOUT_SECONDS`` (their worker died) are queued again;
+        when the broker restarted since the last look (a Redis without persistence forgets
+        every message), every queued job is woken again. Duplicates are harmless: a job is
+        claimed once.
+        """
+        wake = requeue_stale_running(self.database, self.settings)
+        current = self._read_broker_id()
+        if current is not None and self._broker_id is not None and current != self._broker_id:
+            queued = queued_job_ids(self.database)
+            log.warning("the broker restarted; re-sending the wake-ups of %d queued job(s)", len(queued))
+            wake += [job_id for job_id in queued if job_id not in wake]
+        if current is not None:
+            self._broker_id = current
+        return wake
 
     def stop(self) -> None:
         """Stop listener, scanner and dispatcher (idempotent)."""

@@ -25,6 +25,7 @@ import threading
 from typing import Any
 
 from celery import Celery
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from node.constants import QUEUE_INFERENCE
 from node.db import Database
@@ -37,6 +38,11 @@ log = logging.getLogger(__name__)
 #: The broker's visibility timeout is the job timeout times this, plus :data:`VISIBILITY_MARGIN_SECONDS`.
 VISIBILITY_FACTOR = 1.5
 VISIBILITY_MARGIN_SECONDS = 300
+
+#: A task that finds the database unreachable is retried with exponential backoff up to this
+#: many times, waiting at most this long between two tries (about 2 hours in all).
+DB_RETRY_MAX = 30
+DB_RETRY_BACKOFF_MAX_SECONDS = 300
 
 
 def visibility_timeout_for(settings: Settings) -> int:
@@ -105,5 +111,16 @@ def create_celery_app(settings: Settings) -> Celery:
     holder = _LazyContext(settings, app)
     app.cxr_node_context = holder  # type: ignore[attr-defined]
     for spec in all_tasks():
-        app.task(name=spec.name, acks_late=True, ignore_result=True)(_make_task_body(spec, holder))
+        app.task(
+            name=spec.name,
+            acks_late=True,
+            ignore_result=True,
+            # The database unreachable for a moment: try the wake-up again later instead of
+            # dropping it (the job row is untouched, so the retry claims it normally).
+            autoretry_for=(OperationalError, InterfaceError),
+            retry_backoff=True,
+            retry_backoff_max=DB_RETRY_BACKOFF_MAX_SECONDS,
+            retry_jitter=True,
+            max_retries=DB_RETRY_MAX,
+        )(_make_task_body(spec, holder))
     return app

@@ -161,6 +161,23 @@ class CeleryDispatcher(Dispatcher):
             spec.name, args=list(args), queue=queue or spec.queue, countdown=countdown if countdown > 0 else None
         )
 
+    def broker_instance_id(self) -> str | None:
+        """An id that changes when the broker restarts (Redis ``run_id``); None if unknown.
+
+        A Redis without persistence forgets every wake-up when it restarts; the node compares
+        this id over time and re-sends the wake-ups of queued jobs when it changes.
+        """
+        url = str(self.app.conf.broker_url or "")
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            return None
+        import redis
+
+        client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=5)
+        try:
+            return str(client.info("server")["run_id"])
+        finally:
+            client.close()
+
     def shutdown(self, wait: bool = True) -> None:
         self._closed = True
 

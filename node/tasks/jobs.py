@@ -228,8 +228,13 @@ def requeue_unfinished(database: Database, settings: Settings, *, running_are_de
     return wake
 
 
+def queued_job_ids(database: Database) -> list[int]:
+    """Ids of every ``queued`` job, oldest first."""
+    with database.session() as session:
+        return list(session.scalars(select(Job.id).where(Job.state == JobState.QUEUED.value).order_by(Job.id)))
+
+
 def requeue_stale_running(database: Database, settings: Settings) -> list[int]:
     """Periodic part of the sweep (broker mode): running jobs past the job timeout, re-queued."""
-    with database.session() as session:
-        queued_ids = set(session.scalars(select(Job.id).where(Job.state == JobState.QUEUED.value)))
+    queued_ids = set(queued_job_ids(database))
     return [job_id for job_id in requeue_unfinished(database, settings, running_are_dead=False) if job_id not in queued_ids]

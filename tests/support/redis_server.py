@@ -81,6 +81,11 @@ class RedisServer:
                 self.process.wait(10)
         self.process = None
 
+    def restart(self) -> None:
+        """Stop and start again on the same port: an empty server with a new ``run_id``."""
+        self.stop()
+        self.start()
+
     def __enter__(self) -> "RedisServer":
         return self.start()
 

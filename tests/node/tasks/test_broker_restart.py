@@ -1,0 +1,51 @@
+"""Broker mode: a Redis restart forgets every wake-up; the node notices and sends them again."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from node.constants import QUEUE_INFERENCE, JobState
+from node.db import Job
+from node.service import NodeService
+from tests.support.redis_server import RedisServer
+from tests.support.study_rows import add_study, make_database, make_settings
+
+pytestmark = pytest.mark.slow
+
+
+def _wait_for(condition, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def test_queued_jobs_are_woken_again_after_the_broker_restarts(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    with RedisServer(tmp_path / "redis") as broker:
+        settings = make_settings(tmp_path, broker_url=broker.url, scan_interval_seconds=0.05)
+        database = make_database(settings)
+        add_study(database, quiet_for=60)
+        service = NodeService(settings, with_listener=False, sweep_every_passes=4)
+        service.start()
+        try:
+            queue = redis.Redis(port=broker.port)
+            _wait_for(lambda: queue.llen(QUEUE_INFERENCE) == 1, 30, "the wake-up in Redis")  # no worker runs
+
+            broker.restart()  # no persistence: the message is gone
+            queue = redis.Redis(port=broker.port)
+            assert queue.llen(QUEUE_INFERENCE) == 0
+            _wait_for(lambda: queue.llen(QUEUE_INFERENCE) == 1, 30, "the wake-up to be sent again")
+        finally:
+            service.stop()
+    with database.session() as session:
+        [job] = session.query(Job).all()
+        assert job.state == JobState.QUEUED.value and job.attempts == 0
+    assert "the broker restarted; re-sending the wake-ups of 1 queued job(s)" in caplog.text
