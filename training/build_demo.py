@@ -70,21 +70,22 @@ def _find_incoming(incoming: Path, marker: str, policy: str | None = None) -> Pa
 
 
 def _write_segmenter(root: Path, work: Path, seed: int, progress: bool, incoming: Path | None = None) -> str:
-    if incoming is not None:
-        folder = _find_incoming(incoming, "training.json")
-    else:
-        from training.segmenter import train_demo_segmenter
+    from training.segmenter import DEMO_SUMMARY_NAME, WEIGHTS_NAME, train_demo_segmenter
 
-        produced = Path(train_demo_segmenter(work / "segmenter", seed=seed))
-        folder = produced if produced.is_dir() else produced.parent
-    report = json.loads((folder / "training.json").read_text())
+    if incoming is not None:
+        folder = _find_incoming(incoming, DEMO_SUMMARY_NAME)
+    else:
+        folder = Path(train_demo_segmenter(work / "segmenter", seed=seed, threads=DEMO_THREADS, progress=progress)).parent
+    summary = json.loads((folder / DEMO_SUMMARY_NAME).read_text())
+    recipe = {k: summary[k] for k in ("seed", "steps", "batch_size", "lr") if k in summary}
     version = export_segmenter(
         root,
-        folder,
+        folder / WEIGHTS_NAME,
+        architecture=summary["architecture"],
         name=DEMO_SEGMENTER_NAME,
         version=DEMO_VERSION,
-        metrics=report.get("metrics", {}),
-        training_data=report.get("training_data", {"generator": "training.phantoms.generate_phantom", "seed": seed}),
+        metrics={"held_out": summary.get("held_out", {})},
+        training_data={**summary.get("training_data", {}), "recipe": recipe},
         intended_use=DEMO_INTENDED_USE_SEGMENTER,
         clinical_use=False,
         created_at=DEMO_CREATED_AT,
@@ -147,7 +148,7 @@ def build_demo_store(
         content is replaced only once the new store is complete.
     seed : base seed of every training run (the committed store uses 0).
     incoming : instead of training, take finished runs of the same demo recipes from this folder
-        (``train_demo_segmenter``'s output folder with ``training.json``, and
+        (``train_demo_segmenter``'s output folder with ``segmenter.json``, and
         ``train_demo_classifier``'s with ``classifier.json``, one per policy).
 
     Returns

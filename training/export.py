@@ -1,9 +1,9 @@
 """Turn a finished training run into a model-store version (manifest, weights, model card).
 
-The training loops write their own folders (:func:`training.segmenter.train_segmenter`:
-``weights.pt`` + ``training.json``; :func:`training.classifier.train_demo_classifier` and
+The training loops write their own files (:func:`training.segmenter.train_segmenter`: a plain
+state dict; :func:`training.classifier.train_demo_classifier` and
 :meth:`models.classifier.ChestClassifier.save`: ``weights.pt`` + ``classifier.json``). These
-functions read such a folder and write it into a store root with :func:`models.store.write_version`.
+functions write them into a store root with :func:`models.store.write_version`.
 """
 
 from __future__ import annotations
@@ -39,8 +39,9 @@ def _fingerprint(training_data: Mapping[str, Any]) -> tuple[str, dict[str, Any]]
 
 def export_segmenter(
     root: Path,
-    folder: Path,
+    weights: Path,
     *,
+    architecture: str,
     name: str,
     version: str,
     metrics: Mapping[str, Any],
@@ -50,15 +51,12 @@ def export_segmenter(
     created_at: str | None = None,
     float_dtype: torch.dtype | None = None,
 ) -> ModelVersion:
-    """Write the segmenter trained into ``folder`` (``weights.pt``, ``training.json``) as a store version.
+    """Write a trained segmenter (a plain state dict file of ``architecture``) as a store version.
 
     ``metrics`` (e.g. held-out Dice per lung) are flattened to numbers; ``training_data`` describes
     the data (a ``fingerprint`` key is used as is, otherwise one is computed from the description).
     ``float_dtype`` as in :func:`models.store.write_version`.
     """
-    folder = Path(folder)
-    report = json.loads((folder / "training.json").read_text())
-    architecture = str(report["architecture"])
     size = get_architecture(architecture).image_size
     fingerprint, description = _fingerprint(training_data)
     return write_version(
@@ -67,7 +65,7 @@ def export_segmenter(
         name=name,
         version=version,
         architecture=architecture,
-        weights=torch.load(folder / "weights.pt", map_location="cpu", weights_only=True),
+        weights=torch.load(Path(weights), map_location="cpu", weights_only=True),
         input_size=(size, size),
         channels=3,
         normalisation=SEGMENTER_NORMALISATION,

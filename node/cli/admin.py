@@ -236,22 +236,6 @@ def _version_name(version: Optional[str]) -> str:
     return version or dt.datetime.now(dt.timezone.utc).strftime("%Y.%m.%d-%H%M%S")
 
 
-def _phantom_source(size: int):
-    """A training.segmenter SampleSource drawing fresh phantoms from the generator it is given."""
-    from training.phantoms import generate_phantom
-
-    def draw(rng):  # noqa: ANN001, ANN202
-        phantom = generate_phantom(size, seed=rng)
-        return phantom.image, phantom.left_lung, phantom.right_lung
-
-    return draw
-
-
-#: Seeds of the held-out phantoms used to measure trained segmenters (never drawn in training,
-#: which draws from numpy generators seeded with [seed, step]).
-HELD_OUT_PHANTOM_SEED_BASE = 96_000
-
-
 @train_app.command("segmenter")
 def train_segmenter_command(
     architecture: str = typer.Option("sam_tiny", "--architecture", help="sam_tiny, sam_small or sam_vit_b."),
@@ -270,8 +254,14 @@ def train_segmenter_command(
     """Train a segmenter with the MedSAM recipe and register it in the model store."""
     from models.segmenter import LungSegmenter, build_segmenter, get_architecture
     from training.export import export_segmenter
-    from training.phantoms import generate_phantom
-    from training.segmenter import SegmenterTrainingConfig, evaluate_segmenter, train_segmenter
+    from training.segmenter import (
+        HELD_OUT_SEED_BASE,
+        SegmenterTrainingConfig,
+        evaluate_segmenter,
+        held_out_phantoms,
+        phantom_source,
+        train_segmenter,
+    )
 
     _configure_logging()
     if data != "phantoms":
@@ -282,16 +272,13 @@ def train_segmenter_command(
     version = _version_name(version)
     work = work_dir or (store_root_from_settings() / "_work" / f"{name}-{version}")
     config = SegmenterTrainingConfig(architecture=architecture, steps=steps, batch_size=batch_size, seed=seed, device=device)
-    weights = train_segmenter(_phantom_source(arch.image_size), work, config, initial_weights=init)
-    examples = []
-    for i in range(held_out):
-        phantom = generate_phantom(arch.image_size, seed=HELD_OUT_PHANTOM_SEED_BASE + i)
-        examples.append((phantom.image, phantom.left_lung, phantom.right_lung))
+    weights = train_segmenter(phantom_source(), work, config, initial_weights=init)
+    examples = held_out_phantoms(held_out, size=arch.image_size)
     metrics = evaluate_segmenter(LungSegmenter(build_segmenter(architecture, weights), device=device), examples)
     registered = export_segmenter(
-        store_root_from_settings(), work, name=name, version=version, metrics={"held_out": metrics},
+        store_root_from_settings(), weights, architecture=architecture, name=name, version=version, metrics={"held_out": metrics},
         training_data={"generator": "training.phantoms.generate_phantom", "size": arch.image_size, "seed": seed,
-                       "steps": steps, "batch_size": batch_size, "held_out_seeds": [HELD_OUT_PHANTOM_SEED_BASE, HELD_OUT_PHANTOM_SEED_BASE + held_out]},
+                       "steps": steps, "batch_size": batch_size, "held_out_seeds": [HELD_OUT_SEED_BASE, HELD_OUT_SEED_BASE + held_out - 1]},
         intended_use="Lung segmentation trained on synthetic phantoms. Research use; NOT FOR CLINICAL USE.",
     )
     if promote:

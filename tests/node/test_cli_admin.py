@@ -120,3 +120,21 @@ def test_evaluate_writes_the_json_report_and_roc_pngs(env: dict[str, str | None]
     for name in ("roc.png", "roc_Mass.png", "roc_Fibrosis.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "macro      AUROC" in result.output
+
+
+@pytest.mark.slow
+def test_train_commands_register_new_versions_in_the_store(env: dict[str, str | None]) -> None:
+    seg = _invoke(["train", "segmenter", "--steps", "2", "--batch-size", "2", "--held-out", "2", "--version", "t1", "--promote"], env)
+    assert seg.exit_code == 0, seg.output
+    cls = _invoke(["train", "classifier", "--policy", "tight", "--backbone", "cxr_tiny", "--data", "phantoms",
+                   "--count", "12", "--epochs", "1", "--batch-size", "4", "--input-size", "64", "--image-size", "64",
+                   "--version", "t1", "--promote"], env)
+    assert cls.exit_code == 0, cls.output
+    listing = json.loads(_invoke(["models", "list", "--json"], env).output)
+    mine = {v["ref"]: v for v in listing["versions"] if not v["read_only"]}
+    assert mine["segmenter_sam_tiny:t1"]["active_for"] == ["segmenter"]
+    assert "held_out.mean_dice_left" in mine["segmenter_sam_tiny:t1"]["metrics"]
+    classifier = mine["classifier_cxr_tiny_tight:t1"]
+    assert classifier["active_for"] == ["classifier:tight"] and classifier["policy"] == "tight"
+    assert len(classifier["training_data"]["fingerprint"]) == 64
+    assert _invoke(["models", "verify"], env).exit_code == 0

@@ -22,10 +22,12 @@ def _fake_runs(incoming: Path) -> None:
     seg = incoming / "segmenter"
     seg.mkdir(parents=True)
     torch.save(build_segmenter("sam_tiny").state_dict(), seg / "weights.pt")
-    (seg / "training.json").write_text(json.dumps({
+    (seg / "segmenter.json").write_text(json.dumps({
         "architecture": "sam_tiny",
-        "metrics": {"held_out": {"mean_dice_left": 0.95, "mean_dice_right": 0.94, "count": 20}},
-        "training_data": {"generator": "training.phantoms.generate_phantom", "seed": 0},
+        "seed": 0,
+        "steps": 3,
+        "held_out": {"mean_dice_left": 0.95, "mean_dice_right": 0.94, "count": 20, "seeds": "1..20"},
+        "training_data": {"generator": "training.phantoms.generate_phantom"},
     }))
     for policy in MaskPolicy:
         config = ClassifierConfig(architecture="cxr_tiny", input_size=64, policy=policy.value)
