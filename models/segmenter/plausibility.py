@@ -1,0 +1,118 @@
+"""Plausibility checks on a pair of lung masks: a failure is reported, bad masks are not passed on.
+
+Each check has a name that appears in the failure reason, so that logs and the database say
+which rule a segmentation broke:
+
+``quality``      the decoder's predicted IoU of each lung is at least :data:`MIN_PREDICTED_IOU`
+``area``         each lung covers :data:`LUNG_AREA_FRACTION` of the image (a fraction range)
+``position``     at least :data:`MIN_FRACTION_IN_OWN_HALF` of each lung lies in its own image half
+                 (patient's right lung in the image's left half, display orientation)
+``components``   each lung's largest connected component holds at least
+                 :data:`MIN_LARGEST_COMPONENT_FRACTION` of its pixels
+``overlap``      the lungs share at most :data:`MAX_OVERLAP_FRACTION` of the smaller lung
+``balance``      the larger lung is at most :data:`MAX_AREA_RATIO` times the smaller one
+
+The ranges are generous for adult PA/AP chest radiographs; they catch empty, exploded, swapped,
+fragmented and merged masks rather than grade a good one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+MIN_PREDICTED_IOU = 0.5
+LUNG_AREA_FRACTION = (0.02, 0.40)
+MIN_FRACTION_IN_OWN_HALF = 0.85
+MIN_LARGEST_COMPONENT_FRACTION = 0.90
+MAX_OVERLAP_FRACTION = 0.05
+MAX_AREA_RATIO = 4.0
+
+
+@dataclass(frozen=True)
+class PlausibilityVerdict:
+    """Outcome of :func:`check_lung_masks`: ``ok``, or the first failed check and why."""
+
+    ok: bool
+    check: str | None = None
+    reason: str | None = None
+
+
+def _largest_component_fraction(mask: np.ndarray) -> float:
+    labels, count = ndimage.label(mask)
+    if count <= 1:
+        return 1.0
+    sizes = np.bincount(labels.ravel())[1:]
+    return float(sizes.max() / sizes.sum())
+
+
+def check_lung_masks(left: np.ndarray, right: np.ndarray, quality: dict[str, float]) -> PlausibilityVerdict:
+    """Check a left/right lung mask pair for plausibility.
+
+    Parameters
+    ----------
+    left, right:
+        ``(H, W)`` bool masks of the patient's left and right lung, display orientation.
+    quality:
+        ``{"left": q, "right": q}`` predicted IoU of each mask.
+
+    Returns
+    -------
+    PlausibilityVerdict
+        ``ok=True``, or ``ok=False`` with the name of the first failed check and a reason.
+    """
+    if left.shape != right.shape or left.ndim != 2:
+        raise ValueError(f"left and right masks must be (H, W) of one shape; got {left.shape} and {right.shape}")
+    height, width = left.shape
+    total = float(height * width)
+    masks = {"left": left.astype(bool), "right": right.astype(bool)}
+    areas = {side: float(m.sum()) for side, m in masks.items()}
+
+    for side in ("left", "right"):
+        if quality[side] < MIN_PREDICTED_IOU:
+            return PlausibilityVerdict(
+                False, "quality", f"{side} lung: predicted IoU {quality[side]:.2f} is below {MIN_PREDICTED_IOU:.2f}"
+            )
+    low, high = LUNG_AREA_FRACTION
+    for side in ("left", "right"):
+        fraction = areas[side] / total
+        if not low <= fraction <= high:
+            return PlausibilityVerdict(
+                False,
+                "area",
+                f"{side} lung covers {fraction:.1%} of the image, outside the plausible {low:.0%}-{high:.0%}",
+            )
+    mid = width // 2
+    own_half = {"left": masks["left"][:, mid:], "right": masks["right"][:, :mid]}
+    for side in ("left", "right"):
+        inside = float(own_half[side].sum()) / areas[side]
+        if inside < MIN_FRACTION_IN_OWN_HALF:
+            half = "right" if side == "left" else "left"
+            return PlausibilityVerdict(
+                False,
+                "position",
+                f"only {inside:.0%} of the {side} lung lies in the image's {half} half "
+                f"(at least {MIN_FRACTION_IN_OWN_HALF:.0%} expected in display orientation)",
+            )
+    for side in ("left", "right"):
+        fraction = _largest_component_fraction(masks[side])
+        if fraction < MIN_LARGEST_COMPONENT_FRACTION:
+            return PlausibilityVerdict(
+                False,
+                "components",
+                f"{side} lung is fragmented: its largest connected part holds {fraction:.0%} of it "
+                f"(at least {MIN_LARGEST_COMPONENT_FRACTION:.0%} expected)",
+            )
+    overlap = float((masks["left"] & masks["right"]).sum()) / min(areas.values())
+    if overlap > MAX_OVERLAP_FRACTION:
+        return PlausibilityVerdict(
+            False, "overlap", f"left and right lung masks overlap by {overlap:.0%} of the smaller lung"
+        )
+    ratio = max(areas.values()) / min(areas.values())
+    if ratio > MAX_AREA_RATIO:
+        return PlausibilityVerdict(
+            False, "balance", f"one lung is {ratio:.1f} times the other's area (at most {MAX_AREA_RATIO:.0f} expected)"
+        )
+    return PlausibilityVerdict(True)
