@@ -113,6 +113,7 @@ def create_celery_app(settings: Settings) -> Celery:
     for spec in all_tasks():
         app.task(
             name=spec.name,
+            shared=False,  # this app only: another app (other settings) builds its own tasks
             acks_late=True,
             ignore_result=True,
             # The database unreachable for a moment: try the wake-up again later instead of

@@ -134,3 +134,14 @@ def test_celery_is_configured_for_long_gpu_jobs(tmp_path: Path, temp_task) -> No
 def test_celery_config_without_a_broker_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="CXR_NODE_BROKER_URL is not set"):
         celery_config(make_settings(tmp_path))
+
+
+def test_each_celery_app_runs_tasks_with_its_own_settings(tmp_path: Path, temp_task) -> None:  # type: ignore[no-untyped-def]
+    def where(*, context: TaskContext) -> str:
+        return str(context.settings.data_dir)
+
+    temp_task("test.where", QUEUE_DELIVERY, where)
+    first = create_celery_app(make_settings(tmp_path / "a", broker_url="redis://127.0.0.1:1/0"))
+    second = create_celery_app(make_settings(tmp_path / "b", broker_url="redis://127.0.0.1:1/0"))
+    assert first.tasks["test.where"].run() == str(tmp_path / "a" / "var")
+    assert second.tasks["test.where"].run() == str(tmp_path / "b" / "var")
