@@ -38,6 +38,7 @@ from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from models.labels import FINDINGS
+from training.lung_shapes import LungShapePair, lung_shape_bank
 
 logger = logging.getLogger(__name__)
 
@@ -225,6 +226,7 @@ class _Scene:
     body: np.ndarray
     lungs: dict[str, np.ndarray]  # side -> closed outline (normalised), reaching under the heart
     silhouette: np.ndarray  # mediastinum + heart outline (closed polygon)
+    fill_between_lungs: bool  # real lung shapes: the mediastinum also fills the gap between them
     trachea: np.ndarray  # polyline
     hila: dict[str, tuple[float, float]]
     spine_x: float
@@ -337,7 +339,9 @@ def _branches(
     return out
 
 
-def _draw_scene(rng: np.random.Generator, findings: Sequence[str]) -> _Scene:
+def _draw_scene(
+    rng: np.random.Generator, findings: Sequence[str], lung_shapes: Sequence[LungShapePair] | None = None
+) -> _Scene:
     """Make every random choice of one phantom (size-independent)."""
     u = lambda lo, hi: _u(rng, lo, hi)  # noqa: E731
 
@@ -365,13 +369,32 @@ def _draw_scene(rng: np.random.Generator, findings: Sequence[str]) -> _Scene:
     )
     body = _rotate(_chaikin(body_pts, 3), rot, (0.5, 0.5))
 
-    heart_left = u(0.14, 0.20)
-    heart_right = u(0.08, 0.12)
-    lungs = {
-        "right": _lung_polygon(rng, "right", cx, rot, heart_right),
-        "left": _lung_polygon(rng, "left", cx, rot, heart_left),
-    }
-    silhouette = _silhouette(rng, cx, rot, heart_left, heart_right)
+    if lung_shapes:
+        # a real pair of lung outlines placed in the thorax; the heart and mediastinum fill the
+        # gap between them (a small procedural heart only adds its lower bulge)
+        pair = lung_shapes[int(rng.integers(len(lung_shapes)))]
+        reach_right, reach_left = u(0.33, 0.41), u(0.33, 0.41)
+        top, bottom = u(0.09, 0.16), u(0.74, 0.82)
+
+        def place(points: np.ndarray) -> np.ndarray:
+            xy = np.stack(
+                [cx - reach_right + points[:, 0] * (reach_left + reach_right), top + points[:, 1] * (bottom - top)],
+                axis=1,
+            )
+            return _rotate(xy, rot, (0.5, 0.5))
+
+        lungs = {"right": place(pair.right), "left": place(pair.left)}
+        silhouette = _silhouette(rng, cx, rot, u(0.07, 0.11), u(0.04, 0.07))
+        medial = {side: poly for side, poly in lungs.items()}
+    else:
+        heart_left = u(0.14, 0.20)
+        heart_right = u(0.08, 0.12)
+        lungs = {
+            "right": _lung_polygon(rng, "right", cx, rot, heart_right),
+            "left": _lung_polygon(rng, "left", cx, rot, heart_left),
+        }
+        silhouette = _silhouette(rng, cx, rot, heart_left, heart_right)
+        medial = {"right": silhouette, "left": silhouette}
     carina_y = u(0.30, 0.35)
     trachea = _rotate(
         np.array([(cx + u(-0.01, 0.01), 0.0), (cx, carina_y * 0.6), (cx + u(-0.008, 0.008), carina_y)]),
@@ -384,10 +407,15 @@ def _draw_scene(rng: np.random.Generator, findings: Sequence[str]) -> _Scene:
     for side in ("right", "left"):
         sign = -1.0 if side == "right" else 1.0
         hy = u(0.40, 0.46) if side == "right" else u(0.37, 0.43)
-        # the hilum sits at the silhouette's border at that height
-        band = silhouette[np.abs(silhouette[:, 1] - hy) < 0.02]
-        side_pts = band[band[:, 0] < cx] if side == "right" else band[band[:, 0] > cx]
-        hx = float(side_pts[:, 0].min() if side == "right" else side_pts[:, 0].max()) if len(side_pts) else cx + sign * 0.08
+        # the hilum sits at the mediastinal border at that height
+        if lung_shapes:
+            band = medial[side][np.abs(medial[side][:, 1] - hy) < 0.02]
+            side_pts = band[band[:, 0] < cx + 0.1] if side == "right" else band[band[:, 0] > cx - 0.1]
+            hx = float(side_pts[:, 0].max() if side == "right" else side_pts[:, 0].min()) if len(side_pts) else cx + sign * 0.08
+        else:
+            band = silhouette[np.abs(silhouette[:, 1] - hy) < 0.02]
+            side_pts = band[band[:, 0] < cx] if side == "right" else band[band[:, 0] > cx]
+            hx = float(side_pts[:, 0].min() if side == "right" else side_pts[:, 0].max()) if len(side_pts) else cx + sign * 0.08
         hila[side] = (hx, hy)
         for ang in np.linspace(-1.2, 1.2, 6):
             base = math.pi if side == "right" else 0.0
@@ -442,6 +470,7 @@ def _draw_scene(rng: np.random.Generator, findings: Sequence[str]) -> _Scene:
         body=body,
         lungs=lungs,
         silhouette=silhouette,
+        fill_between_lungs=bool(lung_shapes),
         trachea=trachea,
         hila=hila,
         spine_x=cx,
@@ -458,9 +487,23 @@ def _draw_scene(rng: np.random.Generator, findings: Sequence[str]) -> _Scene:
     return scene
 
 
+def _silhouette_mask(scene: _Scene, n: int) -> np.ndarray:
+    """``(n, n)`` bool heart and mediastinum (with real lung shapes: also the gap between them)."""
+    sil = _raster_polygon(scene.silhouette, n)
+    if scene.fill_between_lungs:
+        right = _raster_polygon(scene.lungs["right"], n)
+        left = _raster_polygon(scene.lungs["left"], n)
+        both_rows = right.any(axis=1) & left.any(axis=1)
+        right_edge = n - 1 - np.argmax(right[:, ::-1], axis=1)
+        left_edge = np.argmax(left, axis=1)
+        cols = np.arange(n)[None, :]
+        sil |= (cols > right_edge[:, None]) & (cols < left_edge[:, None]) & both_rows[:, None]
+    return sil
+
+
 def _lung_masks(scene: _Scene, n: int) -> dict[str, np.ndarray]:
     """The visible lung masks at ``(n, n)``: lung outline minus the mediastinal silhouette."""
-    silhouette = _raster_polygon(scene.silhouette, n)
+    silhouette = _silhouette_mask(scene, n)
     return {side: _raster_polygon(poly, n) & ~silhouette for side, poly in scene.lungs.items()}
 
 
@@ -721,7 +764,7 @@ def _render(scene: _Scene, n: int) -> tuple[np.ndarray, dict[str, np.ndarray], l
     behind = np.zeros((n, n), bool)
     for poly in scene.lungs.values():
         behind |= _raster_polygon(poly, n)
-    sil_mask = _raster_polygon(scene.silhouette, n)
+    sil_mask = _silhouette_mask(scene, n)
     # heart and mediastinum; below the hemidiaphragms the abdomen is as dense as the heart
     sharp += 0.22 * np.maximum(sil_mask, _abdomen(behind | sil_mask)) * body
     # aerated lung, and (faintly) the lung behind the heart
@@ -826,6 +869,7 @@ def generate_phantom(
     seed: int | np.random.Generator,
     findings: Iterable[str] | None = None,
     finding_probability: float = 0.3,
+    lung_shapes: Sequence[LungShapePair] | None = None,
 ) -> Phantom:
     """Draw one synthetic PA chest radiograph.
 
@@ -842,6 +886,9 @@ def generate_phantom(
         ("No Finding") phantom.
     finding_probability:
         Probability of each finding when ``findings`` is ``None``.
+    lung_shapes:
+        Real lung outlines to draw from (:func:`training.lung_shapes.lung_shape_bank`, e.g. its
+        ``"train"`` or held-out ``"test"`` split); ``None`` draws procedural lungs.
 
     Returns
     -------
@@ -860,7 +907,7 @@ def generate_phantom(
     else:
         raise ValueError(f"seed must be an int or a numpy.random.Generator; got {type(seed).__name__}")
     chosen = _choose_findings(rng, findings, finding_probability)
-    scene = _draw_scene(rng, chosen)
+    scene = _draw_scene(rng, chosen, lung_shapes)
     noise_rng = np.random.default_rng(rng.integers(0, 2**63))
 
     n = min(size, RENDER_MAX)
@@ -905,6 +952,10 @@ class PhantomDataset(torch.utils.data.Dataset):
     - ``"index"``: int64 scalar
 
     ``dataset.phantom(i)`` gives the :class:`Phantom` itself (with its lesions).
+
+    ``lung_shapes``: ``None`` (procedural lungs) or ``"train"``/``"test"``/``"all"``: real lung
+    outlines of that split of :func:`training.lung_shapes.lung_shape_bank` (loaded once per
+    process; needs torchxrayvision's archive).
     """
 
     def __init__(
@@ -916,7 +967,12 @@ class PhantomDataset(torch.utils.data.Dataset):
         finding_probability: float = 0.3,
         findings: Iterable[str] | None = None,
         cache: bool = False,
+        lung_shapes: str | None = None,
     ) -> None:
+        if lung_shapes not in (None, "procedural", "train", "test", "all"):
+            raise ValueError(
+                f"lung_shapes must be None/'procedural' or a real-shape split 'train', 'test' or 'all'; got {lung_shapes!r}"
+            )
         if n < 0:
             raise ValueError(f"n must be >= 0; got {n}")
         if not MIN_SIZE <= size <= MAX_SIZE:
@@ -926,6 +982,7 @@ class PhantomDataset(torch.utils.data.Dataset):
         self.seed = int(seed)
         self.finding_probability = float(finding_probability)
         self.findings = None if findings is None else tuple(findings)
+        self.lung_shapes = None if lung_shapes in (None, "procedural") else lung_shapes
         self._cache: dict[int, Phantom] | None = {} if cache else None
 
     def __len__(self) -> int:
@@ -939,8 +996,13 @@ class PhantomDataset(torch.utils.data.Dataset):
         if self._cache is not None and index in self._cache:
             return self._cache[index]
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, index]))
+        shapes = lung_shape_bank(self.lung_shapes) if self.lung_shapes else None
         ph = generate_phantom(
-            self.size, seed=rng, findings=self.findings, finding_probability=self.finding_probability
+            self.size,
+            seed=rng,
+            findings=self.findings,
+            finding_probability=self.finding_probability,
+            lung_shapes=shapes,
         )
         if self._cache is not None:
             self._cache[index] = ph

@@ -208,3 +208,70 @@ def test_dicom_writer_keeps_pixels_spacing_and_view(tmp_path):
     assert [float(v) for v in ds.PixelSpacing] == pytest.approx(ph.pixel_spacing_mm, rel=1e-5)
     stored = ds.pixel_array.astype(np.float32) / ((1 << ds.BitsStored) - 1)
     assert np.abs(stored - ph.image).max() < 1e-3
+
+
+# ---------------------------------------------------------------------------------------------
+# real lung shapes (torchxrayvision's mask archive)
+
+
+def _ellipse_pair(shift: int = 0) -> np.ndarray:
+    yy, xx = np.mgrid[0:200, 0:240]
+    right = ((xx - 70 - shift) / 40.0) ** 2 + ((yy - 100) / 70.0) ** 2 <= 1.0
+    left = ((xx - 170 - shift) / 38.0) ** 2 + ((yy - 105) / 72.0) ** 2 <= 1.0
+    return right | left
+
+
+def test_shape_bank_reads_an_archive_and_splits_by_name(tmp_path):
+    import io
+    import zipfile
+
+    from training.lung_shapes import lung_shape_bank, split_of
+
+    archive = tmp_path / "masks.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for k in range(6):
+            buf = io.BytesIO()
+            Image.fromarray(_ellipse_pair(k).astype(np.uint8) * 255).save(buf, format="PNG")
+            zf.writestr(f"masks/case_{k}.png", buf.getvalue())
+        buf = io.BytesIO()
+        Image.fromarray(np.zeros((50, 50), np.uint8)).save(buf, format="PNG")
+        zf.writestr("masks/empty.png", buf.getvalue())  # unusable: skipped
+    pairs = lung_shape_bank("all", archive=archive)
+    assert sorted(p.name for p in pairs) == [f"case_{k}.png" for k in range(6)]
+    train, test = lung_shape_bank("train", archive=archive), lung_shape_bank("test", archive=archive)
+    assert len(train) + len(test) == 6 and not {p.name for p in train} & {p.name for p in test}
+    assert all(p.split == split_of(p.name) for p in pairs)
+    pair = pairs[0]
+    # patient's left lung = the image's right ellipse, outlines normalised to the pair's box
+    assert pair.left[:, 0].mean() > 0.5 > pair.right[:, 0].mean()
+    assert pair.left.min() >= -0.01 and pair.left.max() <= 1.01
+
+    ph = generate_phantom(128, seed=3, lung_shapes=pairs)
+    assert _centroid_x(ph.left_lung) > 64 > _centroid_x(ph.right_lung)
+    assert 0.05 < ph.left_lung.mean() < 0.3 and 0.05 < ph.right_lung.mean() < 0.3
+    with pytest.raises(ValueError, match="split"):
+        lung_shape_bank("validation", archive=archive)
+
+
+def test_real_masks_of_the_shipped_archive_become_shape_pairs():
+    import io
+    import zipfile
+
+    from training.lung_shapes import default_archive, shape_pair_from_mask
+
+    with zipfile.ZipFile(default_archive()) as zf:
+        members = [m for m in sorted(zf.namelist()) if not m.endswith("/")][:8]
+        pairs = []
+        for member in members:
+            with Image.open(io.BytesIO(zf.read(member))) as img:
+                img.draft("L", (512, 512))
+                grey = img.convert("L")
+                grey.thumbnail((512, 512))
+            pair = shape_pair_from_mask(np.asarray(grey) > 127, member)
+            if pair is not None:
+                pairs.append(pair)
+    assert len(pairs) >= 4
+    ph = generate_phantom(128, seed=5, findings=["Mass"], lung_shapes=pairs)
+    (mass,) = ph.lesions
+    lung = ph.left_lung if mass.side == "left" else ph.right_lung
+    assert lung[int(round(mass.center_xy[1])), int(round(mass.center_xy[0]))]
