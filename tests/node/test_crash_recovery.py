@@ -51,13 +51,13 @@ def test_study_acknowledged_just_before_a_sigkill_is_processed_once_after_restar
 
 def test_job_running_when_the_node_is_killed_is_run_again_and_finished_once(tmp_path: Path) -> None:
     # enough decoding work (JPEG 2000, 1024 x 1024) that the job is seen running
-    instances = make_study(tmp_path / "send", 8, JPEG2000Lossless, size=1024)
+    instances = make_study(tmp_path / "send", 4, JPEG2000Lossless, size=1024)
     study_uid = instances[0].identity.study_instance_uid
     node = NodeProcess(tmp_path / "var")
     node.start()
     try:
         sent = storescu(node.port, [i.path for i in instances], calling_aet="MODALITY", propose_only_sent=False, extra=["-xv"])
-        assert sent.returncode == 0 and sent.statuses == [0x0000] * 8, sent.output
+        assert sent.returncode == 0 and sent.statuses == [0x0000] * 4, sent.output
         node.wait_for_study(study_uid, "running", timeout=60)
         node.kill()
         killed = node.report(study_uid)
