@@ -200,8 +200,8 @@ class CompletionScanner:
                 try:
                     self.on_queued(job_id)
                     woken.append(job_id)
-                except Exception:  # the job is safe in the database; only the wake-up is retried
-                    log.exception("wake-up for job %d failed; retrying on the next pass", job_id)
+                except Exception as exc:  # the job is safe in the database; only the wake-up is retried
+                    log.warning("wake-up for job %d failed (%s: %s); retrying on the next pass", job_id, type(exc).__name__, exc)
                     failed.append(job_id)
             with self._pending_lock:
                 self._pending_wakeups[:0] = failed
