@@ -208,7 +208,7 @@ def models_import_medsam(
     promote: bool = typer.Option(False, "--promote", help="Also make it the active segmenter."),
 ) -> None:
     """Register an official MedSAM ViT-B checkpoint as a segmenter version (loads strictly first)."""
-    from models.analysis import import_medsam
+    from models.loading import import_medsam
 
     _configure_logging()
     try:

@@ -138,3 +138,17 @@ def test_train_commands_register_new_versions_in_the_store(env: dict[str, str | 
     assert classifier["active_for"] == ["classifier:tight"] and classifier["policy"] == "tight"
     assert len(classifier["training_data"]["fingerprint"]) == 64
     assert _invoke(["models", "verify"], env).exit_code == 0
+
+
+@pytest.mark.slow
+def test_import_medsam_registers_and_promotes_an_official_layout_checkpoint(env: dict[str, str | None], tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "medsam_vit_b.pth"
+    torch.save(build_segmenter("sam_vit_b").state_dict(), checkpoint)  # random init, official keys
+    result = _invoke(["models", "import-medsam", str(checkpoint), "--version", "2026.11.25-test", "--promote"], env)
+    assert result.exit_code == 0, result.output
+    shown = json.loads(_invoke(["models", "show", "medsam_vit_b", "--json"], env).output)
+    assert shown["ref"] == "medsam_vit_b:2026.11.25-test" and shown["active_for"] == ["segmenter"]
+    assert shown["architecture"] == "sam_vit_b" and shown["weights_file"] == "medsam_vit_b.pth"
+    assert shown["input"] == {"size": [1024, 1024], "channels": 3, "normalisation": "minmax"}
+    assert shown["clinical_use"] is False
