@@ -172,6 +172,9 @@ class NodeProcess:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+        if self._database is not None:
+            self._database.engine.dispose()
+            self._database = None
 
 
 def as_json(text: str) -> Any:

@@ -174,3 +174,25 @@ def test_ingest_completion_and_claiming_on_postgres(postgres: PostgresServer, tm
         j for j, state in jobs if state == JobState.QUEUED.value
     )
     database.engine.dispose()
+
+
+def test_serve_keeps_its_state_in_postgres_end_to_end(postgres: PostgresServer, tmp_path: Path) -> None:
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from tests.support.dcmtk import storescu
+    from tests.support.dicom_files import make_study
+    from tests.support.node_process import NodeProcess
+
+    url = postgres.create_database("serve_e2e")
+    instances = make_study(tmp_path / "send", 2, ExplicitVRLittleEndian)
+    study_uid = instances[0].identity.study_instance_uid
+    with NodeProcess(tmp_path / "var", env={"CXR_NODE_DATABASE_URL": url}) as node:
+        sent = storescu(node.port, [i.path for i in instances], calling_aet="MODALITY")
+        assert sent.returncode == 0 and sent.statuses == [0x0000, 0x0000], sent.output
+        report = node.wait_for_study(study_uid, "done")
+        status = node.status()
+    assert status["node"]["database"].startswith("postgresql+psycopg://")
+    assert status["studies"]["by_state"]["done"] == 1
+    [job] = report["jobs"]
+    assert job["state"] == "done" and all(i["inspection"]["decoded"] for i in report["instances"])
+    assert not (tmp_path / "var" / "cxr-node.sqlite3").exists()  # nothing went to SQLite
