@@ -91,10 +91,33 @@ def make_studies(directory: Path, count: int, size: int) -> list[tuple[str, Path
 def sr_in_pacs(pacs: OrthancServer, study_uid: str, sources: set[str]) -> bool:
     for instance in pacs.instances_of_study(study_uid):
         if instance["MainDicomTags"]["SOPInstanceUID"] not in sources:
-            sop_class = pacs.get(f"/instances/{instance['ID']}/metadata/SopClassUid")
+            sop_class = pacs.request("GET", f"/instances/{instance['ID']}/metadata/SopClassUid").decode().strip()
             if sop_class == SR_SOP_CLASS:
                 return True
     return False
+
+
+def finished_without_sr(database: Database, study_uid: str) -> str | None:
+    """Why a study will never have an SR in the PACS (job finished with no SR, or its delivery failed)."""
+    with database.session() as session:
+        study = session.scalar(select(Study).where(Study.study_instance_uid == study_uid))
+        if study is None:
+            return None
+        job = session.scalar(select(Job).where(Job.study_id == study.id).order_by(Job.id.desc()))
+        if job is None or job.state not in ("done", "failed"):
+            return None
+        states = set(
+            session.scalars(
+                select(Delivery.state)
+                .join(OutputObject, Delivery.output_object_id == OutputObject.id)
+                .where(OutputObject.job_id == job.id, OutputObject.kind == "SR")
+            )
+        )
+        if not states:
+            return f"job {job.id} {job.state} without an SR to deliver: {job.error or job.summary}"
+        if states == {"failed"}:
+            return f"the SR delivery of job {job.id} failed"
+    return None
 
 
 def study_figures(database: Database, study_uid: str, stable_seconds: float) -> dict[str, Any]:
@@ -184,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=512, help="phantom width and height in pixels")
     parser.add_argument("--stable-seconds", type=float, default=1.0, help="the node's quiet period")
     parser.add_argument("--scan-interval", type=float, default=0.1, help="the node's completion scan interval")
+    parser.add_argument("--policy", default="loose", help="mask policy or policies (CXR_NODE_MASK_POLICY)")
+    parser.add_argument("--model-dir", type=Path, default=None, help="model store to use (default: the bundled demo models)")
     parser.add_argument("--json", type=Path, default=None, help="write every figure to this file")
     args = parser.parse_args(argv)
     if args.studies < 1:
@@ -203,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
                 "CXR_NODE_STABLE_SECONDS": str(args.stable_seconds),
                 "CXR_NODE_SCAN_INTERVAL_SECONDS": str(args.scan_interval),
                 "CXR_NODE_DEVICE": os.environ.get("CXR_NODE_DEVICE", "cpu"),
+                "CXR_NODE_MASK_POLICY": args.policy,
+                **({"CXR_NODE_MODEL_DIR": str(args.model_dir.resolve())} if args.model_dir else {}),
             },
         )
         pacs.start()
@@ -217,6 +244,9 @@ def main(argv: list[str] | None = None) -> int:
                 pacs.store_to_modality("CXRNODE", pacs.study_id(study_uid))
                 deadline = time.monotonic() + STUDY_TIMEOUT_S
                 while not sr_in_pacs(pacs, study_uid, source):
+                    gave_up = finished_without_sr(database, study_uid)
+                    if gave_up:
+                        raise RuntimeError(f"study {study_uid}: {gave_up}")
                     if time.monotonic() > deadline:
                         raise RuntimeError(f"no SR for study {study_uid} in Orthanc after {STUDY_TIMEOUT_S} s:\n{node.log_text()[-3000:]}")
                     time.sleep(POLL_S)
