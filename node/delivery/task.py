@@ -22,6 +22,7 @@ from node.db.schema import Delivery, Job, OutputObject, Study, utcnow
 from node.delivery.destinations import destinations_for
 from node.delivery.policy import RetryPolicy
 from node.delivery.records import (
+    as_utc,
     claim_due,
     create_deliveries,
     pending_by_destination,
@@ -140,13 +141,27 @@ def group_by_destination(database: Database, delivery_ids: Iterable[int]) -> dic
 
 @startup_sweep("deliveries")
 def requeue_pending_deliveries(context: TaskContext) -> dict[str, int]:
-    """At start-up, wake every pending delivery (those not yet due wait for the periodic sweep)."""
-    grouped = pending_by_destination(context.database)
-    sent = enqueue_deliveries(context.dispatcher, grouped)
-    total = sum(len(v) for v in grouped.values())
-    if total:
-        log.info("start-up sweep: %d pending deliveries to %d destination(s) woken", total, sent)
-    return {"pending": total, "wakeups": sent}
+    """At start-up, wake every pending delivery: due ones now, the others when they fall due.
+
+    In-process wake-ups (timers) die with the process that held them, so this restores them
+    from ``next_attempt_at``; a duplicate of a Celery wake-up that survived finds nothing due.
+    """
+    now = utcnow()
+    with context.database.session() as session:
+        rows = session.execute(
+            select(Delivery.id, Delivery.destination, Delivery.next_attempt_at)
+            .where(Delivery.state == DeliveryState.PENDING.value)
+            .order_by(Delivery.id)
+        ).all()
+    wakeups: dict[tuple[str, float], list[int]] = {}
+    for delivery_id, destination, next_attempt_at in rows:
+        wait = 0.0 if next_attempt_at is None else max(0.0, (as_utc(next_attempt_at) - now).total_seconds())
+        wakeups.setdefault((destination, round(wait, 1)), []).append(delivery_id)
+    for (_, wait), ids in wakeups.items():
+        context.dispatcher.enqueue(TASK_DELIVER, ids, countdown=wait)
+    if rows:
+        log.info("start-up sweep: %d pending deliveries, %d wake-up(s)", len(rows), len(wakeups))
+    return {"pending": len(rows), "wakeups": len(wakeups)}
 
 
 def sweep_overdue(database: Database, dispatcher: object, *, grace_seconds: float = OVERDUE_GRACE_SECONDS) -> int:

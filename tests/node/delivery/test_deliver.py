@@ -205,3 +205,26 @@ def test_the_sweeper_thread_wakes_overdue_deliveries_until_stopped(
     time.sleep(0.2)  # stopped: no further sweep may come
     assert len(woken) == count
     assert woken[0] == ids
+
+
+def test_the_start_up_sweep_wakes_due_deliveries_now_and_others_when_due(
+    database: Database, settings: Settings, study_files: StudyFiles
+) -> None:
+    from node.delivery.task import requeue_pending_deliveries
+    from node.tasks.context import TaskContext
+
+    ids = start_deliveries(database, study_files, RemoteNode("PACS", "127.0.0.1", 104))
+    with database.session() as session:
+        later = session.get(Delivery, ids[1])
+        later.next_attempt_at = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=40)
+        session.get(Delivery, ids[0]).state = DeliveryState.PENDING.value
+    woken: list[tuple[list[int], float]] = []
+
+    class Recorder:
+        def enqueue(self, name: str, *args, countdown: float = 0.0, **kwargs) -> None:
+            woken.append((list(args[0]), countdown))
+
+    report = requeue_pending_deliveries(TaskContext(settings, database, Recorder()))  # type: ignore[arg-type]
+    assert report == {"pending": 2, "wakeups": 2}
+    assert woken[0] == ([ids[0]], 0.0)
+    assert woken[1][0] == [ids[1]] and 38 <= woken[1][1] <= 40
