@@ -21,6 +21,12 @@ Findings, each with its characteristic place (so that the lung-mask policies mat
 - **Fibrosis**: a reticular pattern at the lung periphery and bases, along the pleura.
 
 Pixel spacing is that of a 2048-pixel detector of 0.143 mm pixels scaled to the output size.
+
+Lungs are procedural by default; ``lung_shapes=training.lung_shapes.lung_shape_bank("train")``
+draws them from real lung outlines instead (the ``"test"`` split holds shapes out).
+
+Speed (one core): about 20 ms at 256 px, 0.3 s at 2048 px; the scene is rendered at most at
+:data:`RENDER_MAX` pixels and upsampled, lung masks are rasterised at the full size.
 """
 
 from __future__ import annotations

@@ -55,13 +55,13 @@ def test_bootstrap_interval_contains_the_estimate_and_is_seeded():
 
 
 def test_bootstrap_resamples_match_sklearn():
-    from training.evaluation import _auroc_rows, bootstrap_indices
+    from training.evaluation import bootstrap_aurocs, bootstrap_indices
 
     rng = np.random.default_rng(1)
     y = rng.integers(0, 2, 40)
     s = np.round(rng.random(40), 1)  # many ties
     idx = bootstrap_indices(40, 20, seed=0)
-    fast = _auroc_rows(y[idx], s[idx])
+    fast = bootstrap_aurocs(y, s, idx)
     for row, value in zip(idx, fast):
         if len(np.unique(y[row])) == 2:
             assert value == pytest.approx(roc_auc_score(y[row], s[row]))
