@@ -1,0 +1,350 @@
+"""The chest classifier: a backbone, global average pooling, five sigmoid outputs.
+
+:class:`ChestNet` is the ``nn.Module`` (its state dict is the weights file);
+:class:`ClassifierConfig` is everything needed to rebuild and use it (architecture, input size,
+normalisation, labels, the mask policy it was trained under, operating thresholds);
+:class:`ChestClassifier` puts the two together for batched inference on CPU or CUDA.
+
+Input convention everywhere: grey images in [0, 1] (float32). Resizing and normalisation live
+in this module and are used identically by training (:mod:`training.classifier`) and inference:
+resize straight to ``input_size x input_size`` (bilinear, anti-aliased, aspect not kept), then
+``(x - mean) / std`` inside :meth:`ChestNet.forward` (the constants are buffers of the network).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from models.classifier.backbones import DEFAULT_BACKBONE, build_backbone
+from models.labels import FINDINGS
+from models.policies import MaskPolicy, apply_policy, parse_policy
+from models.result import FindingRegion
+
+logger = logging.getLogger(__name__)
+
+#: Default model input side in pixels (ImageNet-sized backbones).
+DEFAULT_INPUT_SIZE = 224
+#: Default normalisation of [0, 1] grey images: (x - mean) / std.
+DEFAULT_MEAN = 0.5
+DEFAULT_STD = 0.25
+#: Default inference batch size.
+DEFAULT_BATCH_SIZE = 32
+#: Default decision threshold for a label that has none chosen on validation data.
+DEFAULT_THRESHOLD = 0.5
+
+
+@dataclass
+class ClassifierConfig:
+    """Everything besides the weights that defines a classifier.
+
+    Serialised as JSON next to the weights (``classifier.json``); the model store copies it
+    into its manifest.
+    """
+
+    architecture: str = DEFAULT_BACKBONE
+    input_size: int = DEFAULT_INPUT_SIZE
+    mean: float = DEFAULT_MEAN
+    std: float = DEFAULT_STD
+    labels: list[str] = field(default_factory=lambda: list(FINDINGS))
+    policy: str = MaskPolicy.ORIGINAL.value
+    thresholds: dict[str, float] = field(default_factory=lambda: {k: DEFAULT_THRESHOLD for k in FINDINGS})
+
+    def __post_init__(self) -> None:
+        self.policy = parse_policy(self.policy).value
+        if int(self.input_size) < 32:
+            raise ValueError(f"input_size must be at least 32 pixels; got {self.input_size}")
+        self.input_size = int(self.input_size)
+        if not float(self.std) > 0:
+            raise ValueError(f"normalisation std must be positive; got {self.std}")
+        if list(self.labels) != list(FINDINGS):
+            raise ValueError(f"classifier labels must be {list(FINDINGS)} in that order; got {list(self.labels)}")
+        missing = [k for k in self.labels if k not in self.thresholds]
+        if missing:
+            raise ValueError(f"thresholds missing for labels {missing}; give one per label in {list(self.labels)}")
+        self.thresholds = {k: float(self.thresholds[k]) for k in self.labels}
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain JSON-able dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> "ClassifierConfig":
+        """Build from a dict, ignoring keys that are not configuration (metrics, fingerprints)."""
+        known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        return cls(**known)  # type: ignore[arg-type]
+
+
+class ChestNet(nn.Module):
+    """Backbone -> global average pooling -> linear (one logit per finding).
+
+    ``forward`` takes ``(B, 1, S, S)`` images in [0, 1] and returns ``(B, K)`` logits; the
+    normalisation ``(x - mean) / std`` happens inside, from buffers saved with the weights.
+    """
+
+    def __init__(
+        self,
+        architecture: str = DEFAULT_BACKBONE,
+        num_outputs: int = len(FINDINGS),
+        mean: float = DEFAULT_MEAN,
+        std: float = DEFAULT_STD,
+    ) -> None:
+        super().__init__()
+        backbone = build_backbone(architecture)
+        self.architecture = architecture
+        self.features = backbone.features
+        self.head = nn.Linear(backbone.channels, num_outputs)
+        self.register_buffer("mean", torch.tensor(float(mean)))
+        self.register_buffer("std", torch.tensor(float(std)))
+
+    def feature_maps(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 1, S, S)`` in [0, 1] -> last convolutional features ``(B, C, h, w)``."""
+        return self.features((x - self.mean) / self.std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 1, S, S)`` in [0, 1] -> logits ``(B, K)``."""
+        return self.head(self.feature_maps(x).mean(dim=(2, 3)))
+
+    def class_activation_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits ``(B, K)`` and class activation maps ``(B, K, h, w)``.
+
+        ``cam[b, k] = sum_c w[k, c] * f[b, c]``: the head's weights applied at every position of
+        the last feature map; its spatial mean plus the bias is exactly the logit.
+        """
+        feats = self.feature_maps(x)
+        cams = torch.einsum("kc,bchw->bkhw", self.head.weight.to(feats.dtype), feats)
+        logits = cams.mean(dim=(2, 3)) + self.head.bias.to(feats.dtype)
+        return logits, cams
+
+
+def resize_images(
+    images: Sequence[np.ndarray] | np.ndarray | torch.Tensor, input_size: int
+) -> torch.Tensor:
+    """Images in [0, 1] -> ``(B, 1, S, S)`` float32 tensor, S = ``input_size``.
+
+    Parameters
+    ----------
+    images : list of (H, W) float arrays, an (H, W) array, a (B, H, W) array, or a
+        (B, 1, H, W) tensor/array. Values in [0, 1]; sizes may differ between list items.
+    input_size : int
+
+    Resizing is straight (aspect ratio not kept), bilinear with anti-aliasing, so that the
+    model grid maps linearly onto the source pixels (see :mod:`models.classifier.regions`).
+    """
+    if isinstance(images, torch.Tensor) or (isinstance(images, np.ndarray) and images.ndim in (3, 4)):
+        batch = torch.as_tensor(images, dtype=torch.float32)
+        if batch.ndim == 3:
+            batch = batch[:, None]
+        if batch.ndim != 4 or batch.shape[1] != 1:
+            raise ValueError(f"image batches must be (B, 1, H, W) or (B, H, W); got {tuple(batch.shape)}")
+        planes = [batch]
+    else:
+        if isinstance(images, np.ndarray):  # a single (H, W) image
+            images = [images]
+        planes = []
+        for i, image in enumerate(images):
+            arr = np.asarray(image, dtype=np.float32)
+            if arr.ndim != 2:
+                raise ValueError(f"image {i} must be a single (H, W) plane; got shape {arr.shape}")
+            planes.append(torch.from_numpy(np.ascontiguousarray(arr))[None, None])
+        if not planes:
+            raise ValueError("no images given")
+    out = []
+    for plane in planes:
+        if not torch.isfinite(plane).all():
+            raise ValueError("images contain NaN or infinite values; give grey images scaled to [0, 1]")
+        if plane.shape[-2:] != (input_size, input_size):
+            plane = F.interpolate(plane, size=(input_size, input_size), mode="bilinear", align_corners=False, antialias=True)
+        out.append(plane)
+    return torch.cat(out).float()
+
+
+def _head(items: list[str], n: int = 6) -> str:
+    """The first ``n`` items of a list, for error messages."""
+    return str(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """The given device, or CUDA when available, else the CPU."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class ChestClassifier:
+    """Batched inference with a :class:`ChestNet` and its :class:`ClassifierConfig`.
+
+    Parameters
+    ----------
+    net : ChestNet
+    config : ClassifierConfig
+    device : str or torch.device, optional
+        Default: CUDA when available, else CPU. On CUDA, inference runs under
+        ``torch.autocast`` (float16).
+    """
+
+    WEIGHTS_NAME = "weights.pt"
+    CONFIG_NAME = "classifier.json"
+
+    def __init__(self, net: ChestNet, config: ClassifierConfig, device: str | torch.device | None = None) -> None:
+        if net.architecture != config.architecture:
+            raise ValueError(f"network is {net.architecture!r} but the config says {config.architecture!r}")
+        self.config = config
+        self.device = pick_device(device)
+        self.net = net.to(self.device).eval()
+
+    # construction -------------------------------------------------------------------------
+    @classmethod
+    def build(cls, config: ClassifierConfig | None = None, device: str | torch.device | None = None) -> "ChestClassifier":
+        """A classifier with random weights for ``config`` (default: ResNet50, 224 px)."""
+        config = config or ClassifierConfig()
+        net = ChestNet(config.architecture, len(config.labels), config.mean, config.std)
+        return cls(net, config, device)
+
+    @classmethod
+    def load(
+        cls,
+        weights_path: str | Path,
+        config: ClassifierConfig | dict[str, object] | str | Path,
+        device: str | torch.device | None = None,
+    ) -> "ChestClassifier":
+        """Load weights (a ``ChestNet`` state dict) strictly, on the CPU first.
+
+        ``config`` is a :class:`ClassifierConfig`, its dict, or the path of its JSON file.
+
+        Raises
+        ------
+        ValueError
+            When the weights do not fit the architecture: names the file and the missing and
+            unexpected keys.
+        """
+        if isinstance(config, (str, Path)):
+            config = json.loads(Path(config).read_text())
+        if isinstance(config, dict):
+            config = ClassifierConfig.from_dict(config)
+        net = ChestNet(config.architecture, len(config.labels), config.mean, config.std)
+        state = torch.load(Path(weights_path), map_location="cpu", weights_only=True)
+        if not isinstance(state, dict):
+            raise ValueError(f"{weights_path}: expected a state dict of a ChestNet, got {type(state).__name__}")
+        expected = net.state_dict()
+        missing = [k for k in expected if k not in state]
+        unexpected = [k for k in state if k not in expected]
+        mismatched = [
+            f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
+            for k, v in expected.items()
+            if k in state and tuple(state[k].shape) != tuple(v.shape)
+        ]
+        if missing or unexpected or mismatched:
+            raise ValueError(
+                f"{weights_path} does not fit a {config.architecture!r} classifier: "
+                f"missing keys {_head(missing)}, unexpected keys {_head(unexpected)}, "
+                f"shape mismatches {_head(mismatched)}"
+            )
+        net.load_state_dict(state, strict=True)
+        for key in ("mean", "std"):
+            saved = float(state[key])
+            if abs(saved - float(getattr(config, key))) > 1e-6:
+                raise ValueError(f"{weights_path}: normalisation {key}={saved} differs from the config's {getattr(config, key)}")
+        return cls(net, config, device)
+
+    @classmethod
+    def load_dir(cls, directory: str | Path, device: str | torch.device | None = None) -> "ChestClassifier":
+        """Load ``weights.pt`` and ``classifier.json`` from a folder written by :meth:`save`."""
+        directory = Path(directory)
+        return cls.load(directory / cls.WEIGHTS_NAME, directory / cls.CONFIG_NAME, device)
+
+    def save(self, directory: str | Path, extra: dict[str, object] | None = None) -> tuple[Path, Path]:
+        """Write ``weights.pt`` (state dict) and ``classifier.json`` (config plus ``extra``)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        weights = directory / self.WEIGHTS_NAME
+        state = {k: v.detach().to("cpu") for k, v in self.net.state_dict().items()}
+        torch.save(state, weights)
+        config_path = directory / self.CONFIG_NAME
+        payload = {**self.config.to_dict(), **(extra or {})}
+        config_path.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+        return weights, config_path
+
+    # inference -----------------------------------------------------------------------------
+    @property
+    def labels(self) -> list[str]:
+        """Output order of :meth:`predict`."""
+        return list(self.config.labels)
+
+    @property
+    def policy(self) -> str:
+        """The mask policy this classifier was trained under."""
+        return self.config.policy
+
+    def prepare(
+        self,
+        image: np.ndarray,
+        left: np.ndarray,
+        right: np.ndarray,
+        pixel_spacing_mm: tuple[float, float] | None,
+    ) -> np.ndarray:
+        """Apply this classifier's mask policy (:func:`models.policies.apply_policy`).
+
+        ``image`` (H, W) float32 in [0, 1]; ``left``/``right`` (H, W) bool. Returns (H, W) float32.
+        """
+        return apply_policy(image, left, right, self.config.policy, pixel_spacing_mm)
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.device.type == "cuda")
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        images: Sequence[np.ndarray] | np.ndarray | torch.Tensor,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> np.ndarray:
+        """Finding probabilities.
+
+        Parameters
+        ----------
+        images : list of (H, W) float32 in [0, 1] (already masked by the policy, see
+            :meth:`prepare`), or a (B, 1, H, W) tensor in [0, 1].
+        batch_size : int
+
+        Returns
+        -------
+        (B, K) float32 probabilities, columns in :attr:`labels` order.
+        """
+        batch = resize_images(images, self.config.input_size)
+        out = []
+        for start in range(0, batch.shape[0], batch_size):
+            chunk = batch[start : start + batch_size].to(self.device, non_blocking=True)
+            with self._autocast():
+                logits = self.net(chunk)
+            out.append(torch.sigmoid(logits.float()).cpu())
+        return torch.cat(out).numpy().astype(np.float32)
+
+    @torch.inference_mode()
+    def activation_maps(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities ``(K,)`` and class activation maps ``(K, h, w)`` float32 of one image.
+
+        ``image`` is (H, W) float32 in [0, 1], already masked by the policy. The maps lie on the
+        model's feature grid, which covers the whole source image (see
+        :func:`models.classifier.regions.finding_regions`).
+        """
+        batch = resize_images([image], self.config.input_size).to(self.device)
+        with self._autocast():
+            logits, cams = self.net.class_activation_maps(batch)
+        probs = torch.sigmoid(logits.float())[0].cpu().numpy().astype(np.float32)
+        return probs, cams.float()[0].cpu().numpy().astype(np.float32)
+
+    def finding_regions(
+        self, image: np.ndarray, findings: Sequence[str] | None = None, fraction: float | None = None
+    ) -> dict[str, FindingRegion]:
+        """Ellipses in source pixels around each finding's evidence (see :mod:`.regions`)."""
+        from models.classifier.regions import DEFAULT_REGION_FRACTION, finding_regions
+
+        return finding_regions(self, image, findings, DEFAULT_REGION_FRACTION if fraction is None else fraction)
