@@ -13,8 +13,11 @@ c. ``python -m pynetdicom storescp`` writing files (``-od``), no fsync, with its
    PDU (16382 bytes) and again with ``-pdu 0`` (unlimited, the node's default), so that the
    ratio is also shown for the same PDU size.
 
-Each receiver is started, polled with ``echoscu`` until it answers, fed, and stopped; its
-received files are counted and deleted. Rates are images/s over storescu's wall time. Run::
+All receivers are started and polled with ``echoscu`` until they answer. The images are split
+into ``--rounds`` batches (default 4); each batch goes to every receiver, in an order that
+rotates from batch to batch, so that a change in machine load during the run is shared. Rates
+are images over the summed storescu wall time per receiver; the received files (for the node
+also its committed rows) are counted at the end. Run::
 
     .venv/bin/python benchmarks/ingest.py            # 200 images
     .venv/bin/python benchmarks/ingest.py --count 50 --size 1024
@@ -102,15 +105,32 @@ def stop(process: subprocess.Popen[bytes]) -> None:
 
 
 @dataclass
-class Result:
+class Receiver:
+    """One receiver process and the time it took to take its share of the load."""
+
     name: str
-    seconds: float
-    images: int
-    received: int
+    command: list[str]
+    env: dict[str, str]
+    port: int
+    out: Path
+    seconds: float = 0.0
+    images: int = 0
+    received: int = 0
+    process: subprocess.Popen[bytes] | None = None
 
     @property
     def rate(self) -> float:
         return self.images / self.seconds
+
+    def start(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        with open(self.out.parent / f"{self.out.name}.log", "wb") as log:
+            self.process = subprocess.Popen(self.command, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.out.parent)
+        wait_until_ready(self.port, self.process)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop(self.process)
 
 
 def send(port: int, files: list[Path]) -> float:
@@ -146,33 +166,17 @@ def node_rows(data_dir: Path) -> int:
         database.engine.dispose()
 
 
-def run_receiver(name: str, command: list[str], env: dict[str, str], port: int, files: list[Path], out: Path) -> Result:
-    log_path = out.parent / f"{out.name}.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=out.parent)
-        try:
-            wait_until_ready(port, process)
-            seconds = send(port, files)
-        finally:
-            stop(process)
-    if (out / "spool").exists():  # the node: count files and committed rows; both must match
-        received = min(count_files(out / "spool"), node_rows(out))
-    else:
-        received = count_files(out)
-    result = Result(name, seconds, len(files), received)
-    shutil.rmtree(out, ignore_errors=True)
-    print(f"  {name:<40} {result.rate:7.1f} images/s  ({seconds:6.1f} s, {received} files)", flush=True)
-    return result
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=200, help="images to send (default 200)")
     parser.add_argument("--size", type=int, default=2048, help="rows = columns (default 2048)")
     parser.add_argument("--workdir", type=Path, default=None, help="where to put images and receivers' files")
+    parser.add_argument(
+        "--rounds", type=int, default=4, help="split the load into this many batches, receivers in rotating order (default 4)"
+    )
     args = parser.parse_args(argv)
-    if args.count < 1 or args.size < 16:
-        parser.error("--count must be >= 1 and --size >= 16")
+    if args.count < 1 or args.size < 16 or not 1 <= args.rounds <= args.count:
+        parser.error("--count must be >= 1, --size >= 16 and --rounds between 1 and --count")
 
     base_env = {k: v for k, v in os.environ.items() if not k.startswith("CXR_NODE_")}
     python = sys.executable
@@ -194,40 +198,57 @@ def main(argv: list[str] | None = None) -> int:
         for path in files:  # warm the page cache so the first receiver is not penalised
             path.read_bytes()
 
-        results: list[Result] = []
-        port = free_port()
+        node_port = free_port()
         node_dir = root / "node"
         node_env = base_env | {
             "CXR_NODE_DATA_DIR": str(node_dir),
-            "CXR_NODE_PORT": str(port),
+            "CXR_NODE_PORT": str(node_port),
             "CXR_NODE_HOST": "127.0.0.1",
             "CXR_NODE_AE_TITLE": AE_TITLE,
             "CXR_NODE_STABLE_SECONDS": "86400",
             "CXR_NODE_MIN_FREE_DISK_BYTES": str(256 * 2**20),
         }
-        results.append(run_receiver("cxr-node serve (fsync + SQLite)", [cxr_node, "serve"], node_env, port, files, node_dir))
-
+        receivers = [Receiver("cxr-node serve (fsync + SQLite)", [cxr_node, "serve"], node_env, node_port, node_dir)]
         port = free_port()
-        out = root / "dcmtk"
-        out.mkdir()
-        results.append(
-            run_receiver("DCMTK storescp", ["storescp", "-aet", AE_TITLE, "-od", str(out), str(port)], base_env, port, files, out)
+        receivers.append(
+            Receiver("DCMTK storescp", ["storescp", "-aet", AE_TITLE, "-od", str(root / "dcmtk"), str(port)], base_env, port, root / "dcmtk")
         )
-
         for label, extra in (("pynetdicom storescp (default PDU)", []), ("pynetdicom storescp -pdu 0", ["-pdu", "0"])):
             port = free_port()
             out = root / ("pynetdicom" + "".join(extra).replace("-", "_"))
-            out.mkdir()
             command = [python, "-m", "pynetdicom", "storescp", str(port), "-aet", AE_TITLE, "-od", str(out), *extra]
-            results.append(run_receiver(label, command, base_env, port, files, out))
+            receivers.append(Receiver(label, command, base_env, port, out))
 
-        node = results[0]
+        try:
+            for receiver in receivers:
+                receiver.start()
+            # Batches in rotating order, so that a change of machine load during the run
+            # falls on every receiver alike.
+            batches = [files[i :: args.rounds] for i in range(args.rounds)]
+            for index, batch in enumerate(batches):
+                for receiver in receivers[index % len(receivers) :] + receivers[: index % len(receivers)]:
+                    receiver.seconds += send(receiver.port, batch)
+                    receiver.images += len(batch)
+        finally:
+            for receiver in receivers:
+                receiver.stop()
+        for receiver in receivers:
+            if receiver is receivers[0]:  # the node: files in the spool and committed rows must both be there
+                receiver.received = min(count_files(node_dir / "spool"), node_rows(node_dir))
+            else:
+                receiver.received = count_files(receiver.out)
+            print(
+                f"  {receiver.name:<40} {receiver.rate:7.1f} images/s  ({receiver.seconds:6.1f} s, {receiver.received} received)",
+                flush=True,
+            )
+
+        node = receivers[0]
         print(f"load average after: {os.getloadavg()[0]:.2f}")
-        for other in results[1:]:
+        for other in receivers[1:]:
             print(f"node / {other.name:<36} = {node.rate / other.rate:5.2f}")
-        missing = [r.name for r in results if r.received != r.images]
+        missing = [r.name for r in receivers if r.received != r.images]
         if missing:
-            print(f"WARNING: received file count differs from images sent for: {', '.join(missing)}")
+            print(f"WARNING: received count differs from images sent for: {', '.join(missing)}")
             return 1
         return 0
     finally:

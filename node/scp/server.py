@@ -14,6 +14,11 @@ association. ``database`` must already be at the schema head (``Database.ensure_
 instance is durable and committed, from the association's thread; keep it short (e.g. wake the
 completion scanner).
 
+Memory: pynetdicom assembles each received data set in memory before the C-STORE handler runs
+(the handler then writes those bytes to the spool without decoding them), so an association
+holds up to one instance in memory at a time; ``max_instance_bytes`` refuses larger instances
+(0xA700) but only once they have arrived. Restrict who may send with ``allowed_calling_aets``.
+
 Settings used: ``ae_title``, ``host``, ``port``, ``require_called_aet``,
 ``allowed_calling_aets`` (empty: everyone), ``max_pdu_size`` (0: unlimited),
 ``max_associations``, ``max_instance_bytes``, ``min_free_disk_bytes``, ``dimse_timeout``,
