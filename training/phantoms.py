@@ -37,6 +37,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -45,6 +46,9 @@ from scipy import ndimage
 
 from models.labels import FINDINGS
 from training.lung_shapes import LungShapePair, lung_shape_bank
+
+if TYPE_CHECKING:
+    from training.dicom_export import RadiographIdentity
 
 logger = logging.getLogger(__name__)
 
@@ -1079,7 +1083,9 @@ def write_phantom_png(phantom: Phantom, directory: str | Path, name: str | None 
     return image_path
 
 
-def write_phantom_dicom(phantom: Phantom, path: str | Path, identity=None, **dicom_kwargs: object) -> Path:
+def write_phantom_dicom(
+    phantom: Phantom, path: str | Path, identity: RadiographIdentity | None = None, **dicom_kwargs: object
+) -> Path:
     """Write a phantom as a DICOM DX (PA) instance with :mod:`training.dicom_export`.
 
     ``identity`` is a :class:`training.dicom_export.RadiographIdentity` (fresh UIDs when

@@ -183,7 +183,7 @@ def test_dataset_items_are_deterministic_and_collate():
 
 
 def test_dataset_finding_rate_follows_the_probability():
-    ds = PhantomDataset(200, 32, seed=0, finding_probability=0.3)
+    ds = PhantomDataset(100, 32, seed=0, finding_probability=0.3)
     rng_labels = np.stack([ds.phantom(i).label_vector() for i in range(len(ds))])
     assert 0.2 < rng_labels.mean() < 0.4
 
