@@ -1099,3 +1099,71 @@ def write_phantom_dicom(
     dicom_kwargs.setdefault("pixel_spacing_mm", phantom.pixel_spacing_mm)
     dicom_kwargs.setdefault("view_position", "PA")
     return write_radiograph(Path(path), phantom.image, identity, **dicom_kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
+# command line: python -m training.phantoms --out DIR --count N [--size S] [--seed K] [--format png|dicom]
+
+
+def write_phantom_folder(
+    directory: str | Path,
+    count: int,
+    *,
+    size: int = 256,
+    seed: int = 0,
+    file_format: str = "png",
+    finding_probability: float = 0.3,
+    lung_shapes: str | None = None,
+) -> list[Path]:
+    """Write ``count`` phantoms of :class:`PhantomDataset` ``(count, size, seed)`` to a folder.
+
+    ``png``: the :func:`write_phantom_png` layout (``images/``, ``leftMask/``, ``rightMask/``,
+    ``labels/``), named ``phantom_<seed>_<index>``. ``dicom``: one DX file per phantom,
+    ``<name>.dcm``, each its own study, with the same ``labels/<name>.json`` beside.
+    Returns the image (or DICOM) paths.
+    """
+    if file_format not in ("png", "dicom"):
+        raise ValueError(f"file_format must be 'png' or 'dicom'; got {file_format!r}")
+    dataset = PhantomDataset(
+        count, size, seed=seed, finding_probability=finding_probability, lung_shapes=lung_shapes
+    )
+    root = Path(directory)
+    paths = []
+    for index in range(len(dataset)):
+        phantom = dataset.phantom(index)
+        name = f"phantom_{seed}_{index:06d}"
+        if file_format == "png":
+            paths.append(write_phantom_png(phantom, root, name))
+        else:
+            (root / PNG_LABEL_DIR).mkdir(parents=True, exist_ok=True)
+            (root / PNG_LABEL_DIR / f"{name}.json").write_text(json.dumps(phantom_metadata(phantom), indent=1))
+            paths.append(write_phantom_dicom(phantom, root / f"{name}.dcm"))
+    return paths
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m training.phantoms``: write a folder of phantoms (PNG layout or DICOM)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m training.phantoms", description=main.__doc__)
+    parser.add_argument("--out", required=True, type=Path, help="folder to write into")
+    parser.add_argument("--count", required=True, type=int, help="number of phantoms")
+    parser.add_argument("--size", type=int, default=256, help="pixels per side (default 256)")
+    parser.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
+    parser.add_argument("--format", choices=("png", "dicom"), default="png")
+    parser.add_argument("--finding-probability", type=float, default=0.3)
+    parser.add_argument(
+        "--lung-shapes", choices=("procedural", "train", "test", "all"), default="procedural",
+        help="procedural lungs, or real outlines of that split (needs torchxrayvision)",
+    )
+    args = parser.parse_args(argv)
+    paths = write_phantom_folder(
+        args.out, args.count, size=args.size, seed=args.seed, file_format=args.format,
+        finding_probability=args.finding_probability, lung_shapes=args.lung_shapes,
+    )
+    print(f"wrote {len(paths)} phantoms to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

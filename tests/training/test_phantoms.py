@@ -275,3 +275,21 @@ def test_real_masks_of_the_shipped_archive_become_shape_pairs():
     (mass,) = ph.lesions
     lung = ph.left_lung if mass.side == "left" else ph.right_lung
     assert lung[int(round(mass.center_xy[1])), int(round(mass.center_xy[0]))]
+
+
+def test_command_line_writes_a_png_folder_and_a_dicom_folder(tmp_path):
+    from training.datasets import PhantomFolder
+    from training.phantoms import main
+
+    assert main(["--out", str(tmp_path / "png"), "--count", "3", "--size", "48", "--seed", "9"]) == 0
+    folder = PhantomFolder(tmp_path / "png")
+    assert len(folder) == 3
+    expected = PhantomDataset(3, 48, seed=9)
+    for i in range(3):
+        assert torch.equal(folder[i]["labels"], expected[i]["labels"])
+        assert torch.equal(folder[i]["left_lung"], expected[i]["left_lung"])
+    assert main(["--out", str(tmp_path / "dcm"), "--count", "2", "--size", "48", "--format", "dicom"]) == 0
+    files = sorted((tmp_path / "dcm").glob("*.dcm"))
+    assert len(files) == 2
+    assert pydicom.dcmread(files[0]).Rows == 48
+    assert (tmp_path / "dcm" / "labels" / f"{files[0].stem}.json").is_file()
