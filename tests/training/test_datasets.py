@@ -235,9 +235,22 @@ def test_folder_errors_name_the_rule(tmp_path):
     Image.fromarray(image).save(tmp_path / "images" / "a.png")
     with pytest.raises(FileNotFoundError, match="mask folder"):
         LungMaskFolder(tmp_path)
-    _save_mask((left | right)[:30, :40], tmp_path / "masks" / "a.png")
+    _save_mask((left | right)[:30, :60], tmp_path / "masks" / "a.png")
     with pytest.raises(ValueError, match="must match"):
         LungMaskFolder(tmp_path)[0]
+
+
+def test_half_resolution_masks_are_scaled_to_their_image(tmp_path):
+    image, left, right = _two_lungs()
+    big = np.kron(image, np.ones((2, 2), np.uint8))  # 120 x 160 image, masks at 60 x 80 (SCR style)
+    (tmp_path / "images").mkdir()
+    Image.fromarray(big).save(tmp_path / "images" / "JPCLN001.png")
+    _save_mask(left, tmp_path / "masks" / "left lung" / "JPCLN001.gif")
+    _save_mask(right, tmp_path / "masks" / "right lung" / "JPCLN001.gif")
+    item = LungMaskFolder(tmp_path)[0]
+    assert item["image"].shape == item["left_lung"].shape == (120, 160)
+    assert torch.equal(item["left_lung"], torch.from_numpy(np.kron(left, np.ones((2, 2), bool))))
+    assert torch.equal(item["right_lung"], torch.from_numpy(np.kron(right, np.ones((2, 2), bool))))
 
 
 def test_phantom_folder_round_trip(tmp_path):

@@ -7,6 +7,10 @@ Layouts recognised under a root folder (PA frontal radiographs):
 - ``images/`` with separate ``leftMask/`` and ``rightMask/`` folders, also under
   ``ManualMask/`` (Montgomery), or ``masks/left lung`` and ``masks/right lung`` (JSRT/SCR).
 
+Images are PNG, JPEG, GIF, BMP or TIFF (JSRT's raw ``.IMG`` files must be converted first). A mask
+may be a scaled copy of its image's size (SCR's 1024-pixel masks of 2048-pixel images): it is
+resized (nearest neighbour) to the image.
+
 Left and right are always assigned by position on the image, whatever the folder names say:
 in a PA view the patient's left lung lies on the image's right side. A combined mask is split
 into its connected components; each goes to the side of the larger lung it lies nearer to.
@@ -25,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from scipy import ndimage
 
 from models.labels import FINDINGS
@@ -99,6 +104,23 @@ def assign_sides(first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.
     if np.isnan(a) or np.isnan(b):
         return split_lungs(first | second)
     return (first, second) if a > b else (second, first)
+
+
+def _fit_mask(mask: np.ndarray, shape: tuple[int, ...], name: str) -> np.ndarray:
+    """The mask at the image's size: equal, or scaled (nearest) when only the scale differs.
+
+    JSRT's SCR masks, for example, are 1024 x 1024 for 2048 x 2048 images.
+    """
+    if mask.shape == shape:
+        return mask
+    (mh, mw), (ih, iw) = mask.shape, shape[:2]
+    if abs(mh * iw - mw * ih) <= max(mh, mw):  # same aspect ratio (to a pixel)
+        img = Image.fromarray(mask.astype(np.uint8) * 255, mode="L").resize((iw, ih), Image.NEAREST)
+        return np.asarray(img) > 127
+    raise ValueError(
+        f"mask of {name} is {mw}x{mh} but the image is {iw}x{ih}: a mask must match its image's size "
+        "or be a scaled copy with the same aspect ratio"
+    )
 
 
 def _find_dir(root: Path, names: Sequence[str]) -> Path | None:
@@ -222,13 +244,7 @@ class LungMaskFolder(torch.utils.data.Dataset):
             masks = (left, right)
         else:
             masks = assign_sides(read_mask(item.first_mask), read_mask(item.second_mask))  # type: ignore[arg-type]
-        for mask in masks:
-            if mask.shape != image.shape:
-                raise ValueError(
-                    f"mask of {item.name} is {mask.shape[1]}x{mask.shape[0]} but the image is "
-                    f"{image.shape[1]}x{image.shape[0]}: masks must match their image's size"
-                )
-        return image, masks[0], masks[1]
+        return image, _fit_mask(masks[0], image.shape, item.name), _fit_mask(masks[1], image.shape, item.name)
 
     def _spacing(self, index: int, shape: tuple[int, int]) -> tuple[float, float] | None:
         return self.pixel_spacing_mm
