@@ -200,7 +200,8 @@ class OhifServer:
         Orthanc's HTTP root, e.g. ``http://127.0.0.1:8042``; its DICOMweb plugin must answer at
         ``/dicom-web/``.
     sr_guard:
-        Serve the configuration with the SR guard (:func:`app_config_js`).
+        Serve the configuration with the SR guard (:func:`app_config_js`); read at every request
+        of ``/app-config.js``, so a test may change :attr:`sr_guard` between page loads.
     """
 
     def __init__(self, dist: Path, orthanc_url: str, *, sr_guard: bool = True) -> None:
