@@ -27,6 +27,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -42,8 +43,11 @@ DEMO_CREATED_AT = "2026-11-25T00:00:00+00:00"
 #: Demo weights are stored in half precision (loaded back into float32 networks) to keep the
 #: repository small; the tests measure the stored models, not the float32 ones.
 DEMO_WEIGHTS_DTYPE = torch.float16
-#: CPU threads used while building (results of float reductions can depend on it).
+#: CPU threads of the classifier runs and of the segmenter run (the weights depend on the thread
+#: count: floating-point summation order). The segmenter recipe runs single-threaded, which is
+#: also fastest on a 2-core machine busy with other work (see train_demo_segmenter).
 DEMO_THREADS = 2
+DEMO_SEGMENTER_THREADS = 1
 DEMO_SEGMENTER_NAME = "demo_sam_tiny"
 #: Folder inside the demo store where finished training runs may be dropped (never committed).
 INCOMING_DIRNAME = "_incoming"
@@ -69,14 +73,25 @@ def _find_incoming(incoming: Path, marker: str, policy: str | None = None) -> Pa
     raise FileNotFoundError(f"{incoming} holds no {what} (a folder with {marker}); train it or build without --incoming")
 
 
+def _check_recipe(source: Path, expected: dict[str, Any], found: dict[str, Any]) -> None:
+    """Refuse a run made with another seed or thread count than this command uses."""
+    if found != expected:
+        raise ValueError(
+            f"{source} was trained with {found}, but build-demo trains with {expected}; the demo store must be "
+            "exactly what build-demo builds — retrain with the demo recipe"
+        )
+
+
 def _write_segmenter(root: Path, work: Path, seed: int, progress: bool, incoming: Path | None = None) -> str:
     from training.segmenter import DEMO_SUMMARY_NAME, WEIGHTS_NAME, train_demo_segmenter
 
     if incoming is not None:
         folder = _find_incoming(incoming, DEMO_SUMMARY_NAME)
     else:
-        folder = Path(train_demo_segmenter(work / "segmenter", seed=seed, threads=DEMO_THREADS, progress=progress)).parent
+        folder = Path(train_demo_segmenter(work / "segmenter", seed=seed, threads=DEMO_SEGMENTER_THREADS, progress=progress)).parent
     summary = json.loads((folder / DEMO_SUMMARY_NAME).read_text())
+    _check_recipe(folder / DEMO_SUMMARY_NAME, {"seed": seed, "threads": DEMO_SEGMENTER_THREADS},
+                  {"seed": summary.get("seed"), "threads": summary.get("threads")})
     recipe = {k: summary[k] for k in ("seed", "steps", "batch_size", "lr") if k in summary}
     version = export_segmenter(
         root,
@@ -100,7 +115,11 @@ def _write_classifier(root: Path, work: Path, policy: str, seed: int, progress: 
     else:
         from training.classifier import train_demo_classifier
 
+        torch.set_num_threads(DEMO_THREADS)  # the segmenter run may have left another count
         folder = Path(train_demo_classifier(work / f"classifier_{policy}", policy, seed=seed, progress=progress))
+    training = json.loads((folder / "classifier.json").read_text()).get("training", {})
+    _check_recipe(folder / "classifier.json", {"seed": seed, "threads": DEMO_THREADS},
+                  {"seed": training.get("seed"), "threads": training.get("torch_threads")})
     version = export_classifier(
         root,
         folder,

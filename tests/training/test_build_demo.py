@@ -6,6 +6,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from models.classifier import ChestClassifier, ClassifierConfig
@@ -25,6 +26,7 @@ def _fake_runs(incoming: Path) -> None:
     (seg / "segmenter.json").write_text(json.dumps({
         "architecture": "sam_tiny",
         "seed": 0,
+        "threads": 1,
         "steps": 3,
         "held_out": {"mean_dice_left": 0.95, "mean_dice_right": 0.94, "count": 20, "seeds": "1..20"},
         "training_data": {"generator": "training.phantoms.generate_phantom"},
@@ -34,7 +36,8 @@ def _fake_runs(incoming: Path) -> None:
         ChestClassifier.build(config, device="cpu").save(
             incoming / f"classifier_{policy.value}",
             {"metrics": {"test": {"macro_auroc": 0.97, "auroc": {"Mass": 0.99, "Nodule": None}}},
-             "training_data": {"sets": {"train": {"count": 10, "seed": 10000}}, "fingerprint": "a" * 64}},
+             "training_data": {"sets": {"train": {"count": 10, "seed": 10000}}, "fingerprint": "a" * 64},
+             "training": {"seed": 0, "torch_threads": 2}},
         )
 
 
@@ -64,6 +67,15 @@ def test_finished_runs_are_packaged_into_a_complete_demo_store_identically_twice
     assert "NOT FOR CLINICAL USE" in (first / "README.md").read_text()
     bundle = load_models(first, "cpu", fallback=None)
     assert set(bundle.classifiers) == {p.value for p in MaskPolicy}
+
+
+def test_a_run_made_with_another_recipe_is_refused(tmp_path: Path) -> None:
+    incoming = tmp_path / "incoming"
+    _fake_runs(incoming)
+    summary = json.loads((incoming / "segmenter" / "segmenter.json").read_text())
+    (incoming / "segmenter" / "segmenter.json").write_text(json.dumps({**summary, "threads": 2}))
+    with pytest.raises(ValueError, match="trained with .*'threads': 2.*retrain with the demo recipe"):
+        build_demo_store(tmp_path / "store", incoming=incoming, progress=False)
 
 
 def test_a_rebuild_keeps_the_drop_folder_and_replaces_the_rest(tmp_path: Path) -> None:
