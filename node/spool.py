@@ -132,6 +132,23 @@ class Spool:
         _fsync_directory(directory)
         return SpooledFile(final, relative, size)
 
+    def adopt(
+        self, study_instance_uid: str, series_instance_uid: str, sop_instance_uid: str, durable_file: Path
+    ) -> SpooledFile:
+        """Move a complete, already fsync'ed file (on the spool's file system) to the instance's path.
+
+        The rename replaces an existing file atomically and the directory is fsync'ed, as in
+        :meth:`write`. Raises ``ValueError`` for an invalid UID (the file is left where it is)
+        and ``OSError`` when the move fails.
+        """
+        relative = self.relative_path(study_instance_uid, series_instance_uid, sop_instance_uid)
+        final = self.path_of(relative)
+        self._make_dirs(final.parent)
+        size = durable_file.stat().st_size
+        os.replace(durable_file, final)
+        _fsync_directory(final.parent)
+        return SpooledFile(final, relative, size)
+
     def remove(self, relative_path: str) -> None:
         """Remove a spooled file (used when its database row could not be committed)."""
         path = self.path_of(relative_path)

@@ -65,9 +65,10 @@ class DatasetHeader:
 
 
 class _Walker:
-    def __init__(self, buffer: memoryview, explicit: bool) -> None:
+    def __init__(self, buffer: memoryview, explicit: bool, wanted: frozenset[int] = WANTED_TAGS) -> None:
         self.buf = buffer
         self.explicit = explicit
+        self.wanted = wanted
         self.values: dict[int, str] = {}
         self.has_pixel_data = False
         self.count = 0
@@ -132,7 +133,7 @@ class _Walker:
             if depth == 0:
                 if tag == PIXEL_DATA and length > 0:
                     self.has_pixel_data = True
-                elif tag in WANTED_TAGS and length <= _MAX_KEPT_VALUE:
+                elif tag in self.wanted and length <= _MAX_KEPT_VALUE:
                     text = bytes(self.buf[value:next_position]).decode("ascii", "replace")
                     self.values[tag] = text.rstrip("\x00 ").strip()
             position = next_position
@@ -175,7 +176,9 @@ class _Walker:
             position = value + length
 
 
-def read_header(stream: bytes | memoryview, transfer_syntax_uid: str) -> DatasetHeader:
+def read_header(
+    stream: bytes | memoryview, transfer_syntax_uid: str, wanted: frozenset[int] = WANTED_TAGS
+) -> DatasetHeader:
     """Walk an encoded data set (no File Meta Information) and return its header facts.
 
     Parameters
@@ -185,6 +188,8 @@ def read_header(stream: bytes | memoryview, transfer_syntax_uid: str) -> Dataset
     transfer_syntax_uid:
         The presentation context's transfer syntax: implicit or explicit VR little endian,
         deflated explicit VR little endian, or any encapsulated (compressed) one.
+    wanted:
+        Top-level tags whose (short, text) values are kept; :data:`WANTED_TAGS` by default.
 
     Raises
     ------
@@ -204,6 +209,6 @@ def read_header(stream: bytes | memoryview, transfer_syntax_uid: str) -> Dataset
         buffer = memoryview(inflated)
     if len(buffer) == 0:
         raise CorruptDatasetError("the data set is empty")
-    walker = _Walker(buffer, explicit=transfer_syntax_uid not in IMPLICIT_VR_TRANSFER_SYNTAXES)
+    walker = _Walker(buffer, transfer_syntax_uid not in IMPLICIT_VR_TRANSFER_SYNTAXES, wanted)
     walker.dataset(0, len(buffer), walker.explicit, 0, in_item=False)
     return DatasetHeader(walker.values, walker.has_pixel_data, walker.count)

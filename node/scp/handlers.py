@@ -1,11 +1,13 @@
 """Event handlers of the listener: C-ECHO, C-STORE and association events.
 
-The C-STORE handler never decodes the data set. It takes the bytes pynetdicom received
-(:meth:`pynetdicom.events.Event.encoded_dataset`'s buffer), walks their element headers for
-four UIDs (:mod:`node.scp.dataset_header`), writes File Meta Information plus those bytes
-atomically into the spool (:mod:`node.spool`), commits the instance row (:mod:`node.ingest`)
-and only then answers Success. Each refusal has its own status (:mod:`node.scp.statuses`) and
-one log line carrying UIDs, AE titles and the reason, never patient attributes.
+The C-STORE handler never decodes the data set. It walks the element headers of the bytes
+pynetdicom received (the buffer behind :meth:`pynetdicom.events.Event.encoded_dataset`) for four
+UIDs (:mod:`node.scp.dataset_header`), then makes the instance durable in the spool: normally by
+moving the file :mod:`node.scp.incoming` wrote while the data set arrived (only its tail is left
+to fsync), else by writing File Meta Information plus those bytes atomically (:mod:`node.spool`).
+It commits the instance row (:mod:`node.ingest`) and only then answers Success. Each refusal
+has its own status (:mod:`node.scp.statuses`) and one log line carrying UIDs, AE titles and the
+reason, never patient attributes.
 """
 
 from __future__ import annotations
@@ -15,14 +17,13 @@ from collections.abc import Callable
 from io import BytesIO
 from typing import TYPE_CHECKING
 
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_file_meta_info
 from sqlalchemy.exc import SQLAlchemyError
 
 from node.db import Database
 from node.dicom_uids import is_valid_uid
 from node.ingest import IngestOutcome, ReceivedInstance, StoredInstance, is_stored, record_instance
 from node.scp import statuses
+from node.scp.incoming import IncomingFile, IncomingWriter, part10_prefix
 from node.scp.dataset_header import (
     SERIES_INSTANCE_UID,
     SOP_CLASS_UID,
@@ -31,7 +32,7 @@ from node.scp.dataset_header import (
     CorruptDatasetError,
     read_header,
 )
-from node.spool import Spool, is_disk_full
+from node.spool import Spool, SpooledFile, is_disk_full
 
 if TYPE_CHECKING:
     from pynetdicom.events import Event
@@ -39,9 +40,6 @@ if TYPE_CHECKING:
     from node.settings import Settings
 
 log = logging.getLogger(__name__)
-
-#: DICOM Part 10 preamble and prefix (PS3.10 7.1).
-_PREAMBLE = b"\x00" * 128 + b"DICM"
 
 InstanceCallback = Callable[[StoredInstance], None]
 
@@ -61,18 +59,6 @@ def handle_echo(event: "Event") -> int:
     return statuses.SUCCESS
 
 
-def _file_meta(event: "Event", calling_aet: str) -> bytes:
-    """Encoded File Meta Information for the received data set (PS3.10 7.1)."""
-    meta = event.file_meta  # SOP Class/Instance from the request, transfer syntax of the context
-    if calling_aet:
-        meta.SourceApplicationEntityTitle = calling_aet
-    buffer = DicomBytesIO()
-    buffer.is_little_endian = True
-    buffer.is_implicit_VR = False
-    write_file_meta_info(buffer, meta, enforce_standard=True)
-    return _PREAMBLE + buffer.getvalue()
-
-
 class StoreHandler:
     """EVT_C_STORE handler bound to one node's settings, database and spool.
 
@@ -88,6 +74,9 @@ class StoreHandler:
         Called after each new instance is durable and committed (not for duplicates), from
         the association's thread; it must be quick and must not raise (an exception is
         logged and does not change the answer, which is already decided).
+    incoming:
+        The listener's progressive writer; when it holds the file of this data set, that file
+        (already mostly on disk) is moved into the spool instead of writing from memory.
     """
 
     def __init__(
@@ -96,11 +85,13 @@ class StoreHandler:
         database: Database,
         spool: Spool,
         on_instance_stored: InstanceCallback | None = None,
+        incoming: IncomingWriter | None = None,
     ) -> None:
         self.max_instance_bytes = settings.max_instance_bytes
         self.database = database
         self.spool = spool
         self.on_instance_stored = on_instance_stored
+        self.incoming = incoming
 
     def __call__(self, event: "Event") -> int:
         calling, called, _address = _peer(event)
@@ -114,10 +105,17 @@ class StoreHandler:
                 statuses.CANNOT_UNDERSTAND_CORRUPT, calling, affected_sop_instance, "no data set in the request"
             )
         view = data_set.getbuffer()
+        incoming: IncomingFile | None = None
+        if self.incoming is not None:
+            incoming = self.incoming.take(event.assoc, affected_sop_instance, view.nbytes, transfer_syntax)
         try:
-            return self._store(event, view, calling, called, affected_sop_class, affected_sop_instance, transfer_syntax)
+            return self._store(
+                view, incoming, calling, called, affected_sop_class, affected_sop_instance, transfer_syntax
+            )
         finally:
             view.release()
+            if incoming is not None and not incoming.closed:
+                incoming.discard()  # refused, duplicate, or an error before it was moved
 
     def _refuse(self, status: int, calling: str, sop_instance: str, reason: str) -> int:
         log.warning(
@@ -132,8 +130,8 @@ class StoreHandler:
 
     def _store(
         self,
-        event: "Event",
         view: memoryview,
+        incoming: IncomingFile | None,
         calling: str,
         called: str,
         affected_sop_class: str,
@@ -202,7 +200,7 @@ class StoreHandler:
             return statuses.OUT_OF_RESOURCES_DATABASE
 
         try:
-            spooled = self.spool.write(study_uid, series_uid, sop_uid, (_file_meta(event, calling), view))
+            spooled = self._write(view, incoming, study_uid, series_uid, sop_uid, sop_class, transfer_syntax, calling)
         except OSError as error:
             kind = "disk full" if is_disk_full(error) else "I/O error"
             return self._refuse(
@@ -249,6 +247,29 @@ class StoreHandler:
             except Exception:  # the instance is durable and committed; the answer stays Success
                 log.exception("on_instance_stored callback failed for instance %s", sop_uid)
         return statuses.SUCCESS
+
+
+    def _write(
+        self,
+        view: memoryview,
+        incoming: IncomingFile | None,
+        study_uid: str,
+        series_uid: str,
+        sop_uid: str,
+        sop_class: str,
+        transfer_syntax: str,
+        calling: str,
+    ) -> SpooledFile:
+        """Make the instance durable in the spool: move the progressively written file, or write."""
+        if incoming is not None:
+            incoming.finish()  # waits for the background flush, fsyncs the tail, closes
+            try:
+                return self.spool.adopt(study_uid, series_uid, sop_uid, incoming.path)
+            except BaseException:
+                incoming.path.unlink(missing_ok=True)
+                raise
+        prefix = part10_prefix(sop_class, sop_uid, transfer_syntax, calling)
+        return self.spool.write(study_uid, series_uid, sop_uid, (prefix, view))
 
 
 # --- association events ------------------------------------------------------------------

@@ -36,6 +36,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from node.db import Database
 from node.scp.contexts import supported_contexts
+from node.scp.incoming import IncomingWriter
 from node.scp.handlers import (
     InstanceCallback,
     StoreHandler,
@@ -79,6 +80,7 @@ class ListenerHandle:
     ae: AE
     server: ThreadedAssociationServer
     spool: Spool
+    incoming: IncomingWriter
     _stopped: bool = field(default=False, repr=False)
 
     @property
@@ -102,6 +104,7 @@ class ListenerHandle:
         for assoc in self.ae.active_associations:
             if assoc.is_established:
                 assoc.abort()
+        self.incoming.close()
         log.info("DICOM listener on port %d stopped", self.port)
 
 
@@ -126,10 +129,12 @@ def start_listener(
     spool = Spool(settings.spool_dir)
     spool.ensure_root()
     spool.remove_partials()
+    incoming = IncomingWriter(spool.root)
     ae = build_application_entity(settings)
     handlers: list[tuple] = [
+        *incoming.handlers(),
         (evt.EVT_C_ECHO, handle_echo),
-        (evt.EVT_C_STORE, StoreHandler(settings, database, spool, on_instance_stored)),
+        (evt.EVT_C_STORE, StoreHandler(settings, database, spool, on_instance_stored, incoming)),
         (evt.EVT_REJECTED, log_rejected),
         (evt.EVT_ACCEPTED, log_accepted),
         (evt.EVT_ABORTED, log_aborted),
@@ -137,7 +142,7 @@ def start_listener(
     if settings.min_free_disk_bytes > 0:
         handlers.append((evt.EVT_REQUESTED, make_disk_watermark_check(spool, settings.min_free_disk_bytes)))
     server = ae.start_server((settings.host, settings.port), block=False, evt_handlers=handlers)
-    handle = ListenerHandle(ae, server, spool)
+    handle = ListenerHandle(ae, server, spool, incoming)
     free = spool.free_bytes()
     log.info(
         "DICOM listener %s on %s:%d (spool %s, %d bytes free, watermark %d)",

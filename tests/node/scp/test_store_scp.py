@@ -207,6 +207,7 @@ def test_each_bad_input_gets_its_status_while_a_good_study_completes_in_parallel
     stored = {row.sop_instance_uid for row in node.instances()}
     assert stored == {g.identity.sop_instance_uid for g in good}
     assert len(list(node.spool.rglob("*.dcm"))) == len(good)
+    assert not list((node.spool / ".incoming").iterdir())  # refused data sets leave nothing behind
     study = node.study(good[0].identity.study_instance_uid)
     assert study is not None and study.state == StudyState.RECEIVED.value
 
@@ -227,6 +228,7 @@ def test_row_that_cannot_be_committed_gets_a702_and_leaves_no_file(node: Node, t
     made = make_instance(tmp_path / "in.dcm", size=16)
     assert _store(node, [made.path]) == [statuses.OUT_OF_RESOURCES_DATABASE]
     assert not list(node.spool.rglob("*.dcm"))
+    assert not list((node.spool / ".incoming").iterdir())
     assert node.stored == []
 
     with node.database.engine.begin() as connection:
@@ -251,7 +253,10 @@ def test_success_comes_after_fsync_of_file_and_directory(
     assert _store(node, [made.path]) == [statuses.SUCCESS]
     ident = made.identity
     series_dir = node.spool / ident.study_instance_uid / ident.series_instance_uid
-    assert any(p.startswith(str(series_dir / f".{ident.sop_instance_uid}.dcm.")) for p in synced)  # the temp file
+    # The data set was written to spool/.incoming while it arrived; that file was fsync'ed
+    # before it was renamed into place.
+    assert node.handle.incoming.taken == 1
+    assert any(p.startswith(str(node.spool / ".incoming")) and p.endswith(PARTIAL_SUFFIX) for p in synced)
     assert str(series_dir) in synced  # the rename made durable
     assert str(series_dir.parent) in synced  # the new series directory's entry
     assert str(node.spool) in synced  # the new study directory's entry

@@ -41,6 +41,8 @@ def test_every_transfer_syntax_is_received_and_decodes(node: Node, tmp_path: Pat
     answers = {m.transfer_syntax_uid: int(assoc.send_c_store(m.path).Status) for m in made}
     assoc.release()
     assert answers == {m.transfer_syntax_uid: statuses.SUCCESS for m in made}
+    # Every data set was written to disk while it arrived, none from memory afterwards.
+    assert (node.handle.incoming.taken, node.handle.incoming.missed) == (len(made), 0)
 
     rows = {row.sop_instance_uid: row for row in node.instances()}
     for m in made:
