@@ -105,16 +105,19 @@ class HeadlessChromium:
     # --- life cycle -------------------------------------------------------------------------
     def start(self) -> "HeadlessChromium":
         self.profile_dir.mkdir(parents=True, exist_ok=True)
-        browser_reads, self._to_browser = os.pipe()
-        self._from_browser, browser_writes = os.pipe()
+        pipe_reads, self._to_browser = os.pipe()
+        self._from_browser, pipe_writes = os.pipe()
+        # Copies at 10 and above (never 3 or 4), so the child's two dup2 calls cannot clobber
+        # each other; the child does nothing else between fork and exec.
+        browser_reads = fcntl.fcntl(pipe_reads, fcntl.F_DUPFD_CLOEXEC, 10)
+        browser_writes = fcntl.fcntl(pipe_writes, fcntl.F_DUPFD_CLOEXEC, 10)
+        os.close(pipe_reads)
+        os.close(pipe_writes)
         width, height = self.window
 
         def wire_pipes() -> None:  # runs in the child between fork and exec
-            # Move both ends above 4 first so dup2 to 3 and 4 cannot clobber each other.
-            reads = fcntl.fcntl(browser_reads, fcntl.F_DUPFD, 10)
-            writes = fcntl.fcntl(browser_writes, fcntl.F_DUPFD, 10)
-            os.dup2(reads, 3)
-            os.dup2(writes, 4)
+            os.dup2(browser_reads, 3)  # dup2 clears close-on-exec on the new descriptors
+            os.dup2(browser_writes, 4)
 
         command = [
             chromium_binary(),
@@ -124,19 +127,30 @@ class HeadlessChromium:
             "--remote-debugging-pipe",
             "about:blank",
         ]
+        self.log_path = self.profile_dir.parent / f"{self.profile_dir.name}-chromium.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - handed to the child, closed in stop()
         self.process = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
-            stderr=open(self.profile_dir.parent / f"{self.profile_dir.name}-chromium.log", "wb"),  # noqa: SIM115
-            close_fds=False,
-            preexec_fn=wire_pipes,  # noqa: PLW1509 - single fd shuffle, no locks taken
+            stderr=self._log,
+            close_fds=False,  # Python's own descriptors are non-inheritable (PEP 446)
+            preexec_fn=wire_pipes,  # noqa: PLW1509 - two dup2 calls, no locks taken
             start_new_session=True,
         )
         os.close(browser_reads)
         os.close(browser_writes)
         self._reader = threading.Thread(target=self._read_loop, name="cdp-reader", daemon=True)
         self._reader.start()
+        try:
+            self._attach_page()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _attach_page(self) -> None:
+        width, height = self.window
         target = self._page_target()
         attached = self.send("Target.attachToTarget", {"targetId": target, "flatten": True}, session=False)
         self._session = attached["sessionId"]
@@ -146,7 +160,6 @@ class HeadlessChromium:
             "Emulation.setDeviceMetricsOverride",
             {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
         )
-        return self
 
     def _page_target(self) -> str:
         deadline = time.monotonic() + _COMMAND_TIMEOUT_S
@@ -169,8 +182,15 @@ class HeadlessChromium:
             try:
                 process.wait(timeout=5)
             except subprocess.TimeoutExpired:
+                pass
+        if process is not None:
+            # Chromium's renderer and GPU processes share its process group (its own session).
+            try:
                 os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
+            except ProcessLookupError:
+                pass
+            process.wait(timeout=10)
+            self._log.close()
         for fd in (self._to_browser, self._from_browser):
             if fd is not None:
                 try:
