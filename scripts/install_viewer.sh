@@ -3,7 +3,8 @@
 #   - Debian `chromium` (headless browser, driven over the DevTools protocol on a pipe);
 #     installed with apt-get when missing and running as root, otherwise a clear error.
 #   - npm `@ohif/app@3.13.2`: only its built static viewer (dist/), fetched as the registry
-#     tarball with `npm pack` (no dependency install) and unpacked under .cache/ohif/.
+#     tarball with `npm pack` (no dependency install) and unpacked under .cache/ohif/
+#     (Debian `npm` is installed first when there is no npm).
 # Usage: scripts/install_viewer.sh   (skips each part that is already present)
 set -euo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -27,8 +28,14 @@ if [ -f "$target/dist/index.html" ]; then
     exit 0
 fi
 if ! command -v npm >/dev/null 2>&1; then
-    echo "install_viewer: npm is missing; install Node.js (Debian package npm) to fetch @ohif/app" >&2
-    exit 1
+    if [ "$(id -u)" = "0" ]; then
+        echo "install_viewer: installing Debian package npm (to fetch @ohif/app from the npm registry)"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get install -y -qq npm >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq npm; }
+    else
+        echo "install_viewer: npm is missing; install the Debian package npm to fetch @ohif/app" >&2
+        exit 1
+    fi
 fi
 mkdir -p "$cache_dir"
 work="$(mktemp -d "$cache_dir/.download.XXXXXX")"
