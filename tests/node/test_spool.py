@@ -81,3 +81,22 @@ def test_free_bytes_reports_the_spool_file_system(tmp_path: Path) -> None:
     spool = Spool(tmp_path / "not-yet-created")
     free = spool.free_bytes()
     assert 0 < free == pytest.approx(os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize, rel=0.01)
+
+
+def test_adopt_moves_a_durable_file_into_place(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool")
+    spool.ensure_root()
+    received = tmp_path / "spool" / f"received{PARTIAL_SUFFIX}"
+    received.write_bytes(b"whole file")
+    spooled = spool.adopt(STUDY, SERIES, SOP, received)
+    assert spooled.path.read_bytes() == b"whole file" and spooled.size_bytes == 10
+    assert not received.exists()
+
+
+def test_adopt_refuses_non_uids_and_leaves_the_file(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    received = tmp_path / f"received{PARTIAL_SUFFIX}"
+    received.write_bytes(b"x")
+    with pytest.raises(ValueError, match="is not a DICOM UID"):
+        spool.adopt("../..", SERIES, SOP, received)
+    assert received.exists()
