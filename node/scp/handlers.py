@@ -262,8 +262,8 @@ class StoreHandler:
     ) -> SpooledFile:
         """Make the instance durable in the spool: move the progressively written file, or write."""
         if incoming is not None:
-            incoming.finish()  # waits for the background flush, fsyncs the tail, closes
             try:
+                incoming.finish()  # waits for the background flush, fsyncs the tail, closes
                 return self.spool.adopt(study_uid, series_uid, sop_uid, incoming.path)
             except BaseException:
                 incoming.path.unlink(missing_ok=True)

@@ -137,10 +137,14 @@ class IncomingWriter:
     :meth:`close` when the listener stops.
     """
 
-    def __init__(self, spool_root: Path, *, flush_every_bytes: int = FLUSH_EVERY_BYTES) -> None:
+    def __init__(
+        self, spool_root: Path, *, flush_every_bytes: int = FLUSH_EVERY_BYTES, max_data_bytes: int | None = None
+    ) -> None:
         self.directory = spool_root / INCOMING_DIRNAME
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o750)
         self.flush_every_bytes = flush_every_bytes
+        #: A data set growing past this is dropped from disk at once (the handler refuses it anyway).
+        self.max_data_bytes = max_data_bytes
         self._states: dict[int, _AssociationState] = {}
         self._lock = threading.Lock()
         self._flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cxr-spool-flush")
@@ -190,7 +194,11 @@ class IncomingWriter:
                 state.current = self._open(assoc, state, int(item.presentation_context_id or 0))
             current = state.current
             if isinstance(current, IncomingFile):
-                self._append(current, memoryview(value)[1:])
+                if self.max_data_bytes is not None and current.data_bytes + len(value) - 1 > self.max_data_bytes:
+                    current.discard()  # over the size limit: do not fill the disk with it
+                    state.current = current = _SKIP
+                else:
+                    self._append(current, memoryview(value)[1:])
             if header & 0x02:  # last fragment of the data set
                 if isinstance(current, IncomingFile):
                     with self._lock:

@@ -129,7 +129,7 @@ def start_listener(
     spool = Spool(settings.spool_dir)
     spool.ensure_root()
     spool.remove_partials()
-    incoming = IncomingWriter(spool.root)
+    incoming = IncomingWriter(spool.root, max_data_bytes=settings.max_instance_bytes)
     ae = build_application_entity(settings)
     handlers: list[tuple] = [
         *incoming.handlers(),

@@ -143,3 +143,14 @@ def test_consecutive_instances_on_one_association_are_kept_apart(tmp_path: Path)
         incoming.finish()
         assert np.array_equal(dcmread(incoming.path).pixel_array, made.pixels)
     writer.close()
+
+
+def test_a_data_set_over_the_size_limit_is_dropped_from_disk_while_it_arrives(tmp_path: Path, received) -> None:  # type: ignore[no-untyped-def]
+    made, data = received
+    writer = IncomingWriter(tmp_path / "spool", max_data_bytes=len(data) // 2)
+    assoc = _assoc()
+    _send(writer, assoc, _command(made.sop_class_uid, made.identity.sop_instance_uid), data, pieces=4, last=False)
+    assert not list(writer.directory.iterdir())
+    writer.on_pdu(SimpleNamespace(assoc=assoc, pdu=_pdu((DATA_LAST, b""))))
+    assert writer.take(assoc, made.identity.sop_instance_uid, len(data), ExplicitVRLittleEndian) is None
+    writer.close()
