@@ -8,4 +8,5 @@ export CXR_NODE_EXTRAS=test
 export CXR_NODE_APT="dcmtk redis-server postgresql orthanc orthanc-dicomweb"
 source "$repo_root/scripts/bootstrap.sh"
 cd "$repo_root"
+bash scripts/install_viewer.sh   # Chromium and the built OHIF viewer for tests/e2e/test_ohif_display.py
 exec .venv/bin/python -m pytest -p no:cacheprovider --durations=20 "$@"

@@ -26,4 +26,17 @@ window.config = {
     },
   ],
   defaultDataSourceName: 'dicomweb',
+  // Required for cxr-node's SR (see docs/viewer.md): OHIF 3.13 reads the first coordinate of
+  // every measurement group, and the node's TID 1500 report has groups without one (findings
+  // below threshold, No Finding, lung areas). Give those an empty coordinate OHIF then skips.
+  customizationService: {
+    onBeforeSRAddMeasurement: {
+      $set: function ({ measurement }) {
+        if (!measurement.coords || measurement.coords.length === 0) {
+          measurement.coords = [{}];
+        }
+        return measurement;
+      },
+    },
+  },
 };
