@@ -20,6 +20,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
+import torch
 
 from models.labels import FINDINGS, NO_FINDING
 from node.outputs import codes
@@ -89,6 +92,14 @@ class Roundtrip:
         path.parent.mkdir(exist_ok=True)
         path.write_bytes(self.pacs.instance_file(sop_instance_uid))
         return path
+
+
+def fresh_process_torch_threads() -> int:
+    """``torch.get_num_threads()`` of a new interpreter (what ``cxr-node serve`` runs with)."""
+    answer = subprocess.run(
+        [sys.executable, "-c", "import torch; print(torch.get_num_threads())"], capture_output=True, text=True, timeout=120, check=True
+    )
+    return int(answer.stdout.strip())
 
 
 def _write_sources(directory: Path, study_uid: str) -> tuple[dict[str, Path], dict[str, str]]:
@@ -219,7 +230,14 @@ def test_the_seg_masks_read_back_equal_the_models_masks(roundtrip: Roundtrip, de
     prepared = model_input(source)
     model_dir = Path(roundtrip.node.env.get("CXR_NODE_MODEL_DIR", roundtrip.node.data_dir / "models"))
     bundle = models.load_models(model_dir, "cpu")
-    (expected,) = models.analyze_policies(prepared.image, prepared.pixel_spacing_mm, ["original"], bundle=bundle)
+    # The node computed with torch's default thread count (a fresh process); do the same, since
+    # float reductions may round differently with another count.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(fresh_process_torch_threads())
+    try:
+        (expected,) = models.analyze_policies(prepared.image, prepared.pixel_spacing_mm, ["original"], bundle=bundle)
+    finally:
+        torch.set_num_threads(threads)
     versions = next(r for r in _ok_results(delivered))["model_versions"]
     assert expected.segmenter.device_uid == versions["segmenter"]["device_uid"]
     for number, side in ((1, "left"), (2, "right")):

@@ -228,3 +228,29 @@ def test_the_start_up_sweep_wakes_due_deliveries_now_and_others_when_due(
     assert report == {"pending": 2, "wakeups": 2}
     assert woken[0] == ([ids[0]], 0.0)
     assert woken[1][0] == [ids[1]] and 38 <= woken[1][1] <= 40
+
+
+@pytest.mark.slow
+def test_claims_backoff_and_attempt_records_work_on_postgresql(tmp_path: Path) -> None:
+    from tests.support.postgres_server import PostgresServer
+
+    with PostgresServer() as pg:
+        database = Database(pg.url)
+        database.ensure_schema()
+        settings = Settings(
+            data_dir=tmp_path / "var", database_url=pg.url, delivery_backoff_seconds=30, delivery_max_attempts=2, acse_timeout=2
+        )
+        files = make_study_with_outputs(database, settings, count=2)
+        ids = start_deliveries(database, files, RemoteNode("PACS", "127.0.0.1", free_port()))
+        assert deliver_now(database, settings, ids)["claimed"] == 2
+        assert deliver_now(database, settings, ids)["claimed"] == 0  # backing off: not due for 30 s
+        rows = deliveries(database)
+        assert all(r.state == "pending" and r.attempts == 1 for r in rows)
+        wait = (as_utc(rows[0].next_attempt_at) - dt.datetime.now(dt.timezone.utc)).total_seconds()
+        assert 25 < wait <= 30
+        with database.session() as session:
+            for row in session.scalars(select(Delivery)):
+                row.next_attempt_at = dt.datetime.now(dt.timezone.utc)
+        assert deliver_now(database, settings, ids)["states"] == {"failed": 2}
+        assert [a.number for a in attempts_of(database, ids[0])] == [1, 2]
+        database.engine.dispose()
