@@ -90,10 +90,11 @@ def test_analyze_policies_embeds_the_image_once_for_every_policy(demo_bundle: Mo
 
 
 def test_a_failed_segmentation_is_recorded_and_masked_policies_are_not_classified(demo_bundle: ModelBundle) -> None:
-    # Not a chest: a smooth left-to-right ramp. The plausibility check must reject what the
-    # segmenter makes of it.
-    ramp = np.tile(np.linspace(0.0, 1.0, 256, dtype=np.float32), (256, 1))
-    results = models.analyze_policies(ramp, (0.5, 0.5), ["loose", "original", "tight"], bundle=demo_bundle)
+    # A radiograph with inverted grey levels (a MONOCHROME1 image passed on uninverted): the
+    # "lungs" are brighter than their surroundings and the plausibility check must reject them.
+    phantom = generate_phantom(256, seed=HELD_OUT_SEEDS[0])
+    inverted = (1.0 - phantom.image).astype(np.float32)
+    results = models.analyze_policies(inverted, phantom.pixel_spacing_mm, ["loose", "original", "tight"], bundle=demo_bundle)
     segmentation = results[0].segmentation
     assert not segmentation.ok and segmentation.failure_reason
     assert not segmentation.left.any() and not segmentation.right.any()
@@ -104,7 +105,7 @@ def test_a_failed_segmentation_is_recorded_and_masked_policies_are_not_classifie
         assert math.isnan(skipped.no_finding)
         assert skipped.timings["classifier"] == 0.0
     assert not classifier_skipped(original)  # 'original' needs no masks
-    _check_sane(original, ramp)
+    _check_sane(original, inverted)
 
 
 @pytest.mark.parametrize(
