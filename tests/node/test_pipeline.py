@@ -26,6 +26,7 @@ from node.settings import Settings
 from node.tasks.dispatch import InProcessDispatcher
 from node.tasks.jobs import ClaimedJob
 from node.tasks.process import open_study_instances, process_study
+from tests.support.dicom_tools import dciodvfy_errors
 from tests.support.recording_scp import RecordingSCP
 from training.dicom_export import RadiographIdentity, write_radiograph
 from training.phantoms import generate_phantom
@@ -190,21 +191,68 @@ def test_a_retried_job_reuses_the_same_uids_and_adds_no_rows(node, scp: Recordin
     assert len(scp.received) == 3  # SEG + two SRs, once each
 
 
+def untrained_model_store(root: Path) -> Path:
+    """A real model store whose segmenter has random weights (seeded): its masks never pass the
+    plausibility check, so every image takes the failed-segmentation path."""
+    import torch
+
+    from models.classifier.network import ChestClassifier, ClassifierConfig
+    from models.labels import FINDINGS
+    from models.segmenter.registry import build_segmenter, get_architecture
+    from models.store import ModelStore, write_version
+
+    torch.manual_seed(0)
+    size = get_architecture("sam_tiny").image_size
+    common = {"intended_use": "Test model with random weights.", "training_data_description": "none", "training_data_fingerprint": "0" * 64}
+    write_version(
+        root, role="segmenter", name="untrained_sam_tiny", version="1", architecture="sam_tiny",
+        weights=build_segmenter("sam_tiny").state_dict(), input_size=(size, size), channels=3,
+        normalisation="minmax", labels=("left", "right"), **common,
+    )
+    store = ModelStore(root, fallback=None)
+    store.promote("segmenter", "untrained_sam_tiny:1")
+    for policy in ("original", "loose"):
+        thresholds = {label: 0.5 for label in FINDINGS}
+        config = ClassifierConfig(architecture="cxr_tiny", input_size=64, mean=0.5, std=0.25, labels=list(FINDINGS), policy=policy, thresholds=thresholds)
+        write_version(
+            root, role="classifier", name=f"untrained_{policy}", version="1", architecture="cxr_tiny",
+            parameters={"mean": 0.5, "std": 0.25}, weights=ChestClassifier.build(config, device="cpu").net.state_dict(),
+            input_size=(64, 64), channels=1, normalisation="meanstd", labels=FINDINGS, policy=policy,
+            thresholds=thresholds, **common,
+        )
+        store.promote("classifier", f"untrained_{policy}:1", policy=policy)
+    return root
+
+
 @pytest.mark.slow
-def test_a_failed_segmentation_fails_masked_policies_and_keeps_the_unmasked_one(node) -> None:  # type: ignore[no-untyped-def]
-    settings, database, dispatcher = node
-    study_uid = RadiographIdentity.new().study_instance_uid
-    blank = np.zeros((SIZE, SIZE), dtype=np.float32)  # no lungs to find
-    uid = spool(settings, database, study_uid, blank, (0.5, 0.5))
-    (queued,) = queue_quiet_studies(database, settings)
-    process_study(queued.job_id, context=dispatcher.context)
-    assert dispatcher.wait_idle(60)
-    with database.session() as session:
-        results = {r.policy: r for r in session.scalars(select(Result))}
-        kinds = sorted(o.kind for o in session.scalars(select(OutputObject)))
+def test_a_failed_segmentation_fails_masked_policies_and_keeps_the_unmasked_one(tmp_path: Path) -> None:
+    import node.pipeline  # noqa: F401 - registers the analysis step
+
+    settings = Settings(
+        data_dir=tmp_path / "var", stable_seconds=0, mask_policy="loose,original", device="cpu",
+        model_dir=untrained_model_store(tmp_path / "models"),
+    )
+    database = Database(settings.resolved_database_url)
+    database.ensure_schema()
+    dispatcher = InProcessDispatcher(settings, database)
+    try:
+        study_uid = RadiographIdentity.new().study_instance_uid
+        phantom = generate_phantom(SIZE, seed=606)
+        spool(settings, database, study_uid, phantom.image, phantom.pixel_spacing_mm)
+        (queued,) = queue_quiet_studies(database, settings)
+        process_study(queued.job_id, context=dispatcher.context)
+        with database.session() as session:
+            results = {r.policy: r for r in session.scalars(select(Result))}
+            outputs = list(session.scalars(select(OutputObject)))
+            job_state = session.scalar(select(Job.state))
+    finally:
+        dispatcher.shutdown()
+        database.engine.dispose()
+    assert job_state == "done"
     assert results["loose"].status == "failed"
-    assert "lung segmentation failed" in results["loose"].reason
-    assert results["original"].status == "ok"
-    assert "no SEG" in results["original"].reason
-    assert kinds == ["SR"]
-    assert uid
+    assert results["loose"].reason.startswith("lung segmentation failed")
+    assert results["loose"].probabilities is None and results["loose"].model_versions["segmenter"]["name"] == "untrained_sam_tiny"
+    assert results["original"].status == "ok" and "no SEG" in results["original"].reason
+    assert set(results["original"].probabilities) == {"Mass", "Nodule", "Pneumonia", "Edema", "Fibrosis"}
+    assert [o.kind for o in outputs] == ["SR"]  # no SEG without lungs; the unmasked policy still reports
+    assert dciodvfy_errors(settings.output_dir / outputs[0].path) == []
