@@ -115,6 +115,24 @@ def source_from_sequence(examples: Sequence[Example]) -> SampleSource:
     return draw
 
 
+def mask_folder_source(root: Path) -> SampleSource:
+    """A :data:`SampleSource` over an image-and-mask folder (JSRT, Montgomery, Shenzhen layouts).
+
+    Reads with :class:`training.datasets.folders.LungMaskFolder` (left/right assigned by position,
+    PA display orientation); each draw picks a random image.
+    """
+    from training.datasets.folders import LungMaskFolder
+
+    folder = LungMaskFolder(Path(root))
+    if len(folder) == 0:
+        raise ValueError(f"{root} holds no image with lung masks; see training.datasets.folders for the layouts")
+
+    def draw(rng: np.random.Generator) -> Example:
+        return folder.read(int(rng.integers(len(folder))))
+
+    return draw
+
+
 def _resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     mask = np.asarray(mask, dtype=bool)
     if mask.shape == (size, size):
@@ -455,7 +473,11 @@ def train_demo_segmenter(
     automatic boxes). Checkpoints go to ``output_dir/_training`` and an interrupted run resumes
     from there; they are removed at the end unless ``keep_checkpoints``.
 
-    Takes a few minutes on 2 CPU cores. Returns the weights path.
+    Takes a few minutes on 2 CPU cores. ``threads=2`` is fastest on an idle 2-core machine; on a
+    machine busy with other CPU-heavy work pass ``threads=1`` (seen here: a 2-thread run under a
+    load average of 12 was about four times slower than a 1-thread one). The weights depend on
+    the thread count (floating-point summation order); ``segmenter.json`` records it.
+    Returns the weights path.
     """
     import shutil
 
@@ -495,6 +517,7 @@ def train_demo_segmenter(
             "size_probabilities": list(DEMO_PHANTOM_SIZE_PROBABILITIES),
             "examples": steps * batch_size,
         },
+        "threads": threads,
         "training_seconds": round(seconds, 1),
         "clinical_use": False,
     }

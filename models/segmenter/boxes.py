@@ -8,7 +8,8 @@ be segmented. The node finds them in two stages, both decoded from the *same* im
    radiograph in display orientation the patient's right lung lies in the image's left half and
    the left lung in the image's right half. The boxes leave a thin border and meet at the
    midline, so they enclose each lung of any plausible size and position.
-2. **Refinement.** Each lung's box is replaced by the bounding box of that lung's own mask plus a
+2. **Refinement.** Each lung's box is replaced by the bounding box of the largest connected part
+   of that lung's own mask (stray specks ignored) plus a
    small margin (:func:`refine_box`, :data:`REFINE_MARGIN_FRACTION` of the image side, comparable
    to the 0-20 px jitter MedSAM is trained with at 1024 px), and the decoder runs again. This
    repeats until the boxes stop moving (:data:`BOX_CONVERGENCE_IOU`) or after
@@ -21,6 +22,7 @@ All boxes are ``(x0, y0, x1, y1)`` in source-image pixels, x = column, y = row.
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 #: Border left free by the coarse boxes, as a fraction of the image width/height.
 DEFAULT_BOX_BORDER = 0.03
@@ -69,8 +71,22 @@ def mask_bounding_box(mask: np.ndarray) -> Box | None:
     return (float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1))
 
 
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 8-connected component of a ``(H, W)`` bool mask (the mask itself if it has one)."""
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    if count <= 1:
+        return np.asarray(mask, dtype=bool)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels == int(np.argmax(sizes))
+
+
 def refine_box(mask: np.ndarray, previous: Box) -> Box:
-    """Box for the next decode: the mask's bounding box plus a margin, clipped to the image.
+    """Box for the next decode: the bounding box of the mask's largest connected component plus a
+    margin, clipped to the image.
+
+    Stray specks (for example a few pixels in the other lung) are ignored: a box stretched to
+    include them would also enclose part of the other lung.
 
     Parameters
     ----------
@@ -79,7 +95,7 @@ def refine_box(mask: np.ndarray, previous: Box) -> Box:
     previous:
         The box that produced ``mask``; returned unchanged when ``mask`` is empty.
     """
-    tight = mask_bounding_box(mask)
+    tight = mask_bounding_box(largest_component(mask))
     if tight is None:
         return previous
     height, width = mask.shape

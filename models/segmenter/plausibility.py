@@ -11,6 +11,10 @@ which rule a segmentation broke:
                  :data:`MIN_LARGEST_COMPONENT_FRACTION` of its pixels
 ``overlap``      the lungs share at most :data:`MAX_OVERLAP_FRACTION` of the smaller lung
 ``balance``      the larger lung is at most :data:`MAX_AREA_RATIO` times the smaller one
+``contrast``     (when the image is given) each lung is darker than a band just outside it by at
+                 least :data:`MIN_LUNG_CONTRAST` of the image's 1st-99th percentile range: aerated
+                 lung is radiolucent (display orientation, bright = dense). This catches masks a
+                 network draws on a blank or non-chest image with confidence.
 
 The ranges are generous for adult PA/AP chest radiographs; they catch empty, exploded, swapped,
 fragmented and merged masks rather than grade a good one.
@@ -29,6 +33,11 @@ MIN_FRACTION_IN_OWN_HALF = 0.85
 MIN_LARGEST_COMPONENT_FRACTION = 0.90
 MAX_OVERLAP_FRACTION = 0.05
 MAX_AREA_RATIO = 4.0
+MIN_LUNG_CONTRAST = 0.03
+#: Width of the band outside each lung, as a fraction of the image side.
+CONTRAST_BAND_FRACTION = 0.03
+#: The contrast check works on a copy reduced to at most this many pixels per side.
+CONTRAST_GRID = 256
 
 
 @dataclass(frozen=True)
@@ -48,7 +57,38 @@ def _largest_component_fraction(mask: np.ndarray) -> float:
     return float(sizes.max() / sizes.sum())
 
 
-def check_lung_masks(left: np.ndarray, right: np.ndarray, quality: dict[str, float]) -> PlausibilityVerdict:
+def lung_contrast(image: np.ndarray, lung: np.ndarray, other: np.ndarray) -> float:
+    """How much darker a lung is than a band just outside it.
+
+    Parameters
+    ----------
+    image:
+        ``(H, W)`` grey image, display orientation (bright = dense).
+    lung, other:
+        ``(H, W)`` bool masks of this lung and the other one (excluded from the band).
+
+    Returns
+    -------
+    float
+        ``(mean(band) - mean(lung)) / (p99 - p1)`` of the image; 0 for a flat image.
+    """
+    step = max(1, int(np.ceil(max(image.shape) / CONTRAST_GRID)))
+    small = np.asarray(image, dtype=np.float64)[::step, ::step]
+    lung_small = lung[::step, ::step]
+    other_small = other[::step, ::step]
+    low, high = np.percentile(small, [1, 99])
+    if high - low <= 0 or not lung_small.any():
+        return 0.0
+    width = CONTRAST_BAND_FRACTION * max(small.shape)
+    band = (ndimage.distance_transform_edt(~lung_small) <= width) & ~lung_small & ~other_small
+    if not band.any():
+        return 0.0
+    return float((small[band].mean() - small[lung_small].mean()) / (high - low))
+
+
+def check_lung_masks(
+    left: np.ndarray, right: np.ndarray, quality: dict[str, float], image: np.ndarray | None = None
+) -> PlausibilityVerdict:
     """Check a left/right lung mask pair for plausibility.
 
     Parameters
@@ -57,6 +97,8 @@ def check_lung_masks(left: np.ndarray, right: np.ndarray, quality: dict[str, flo
         ``(H, W)`` bool masks of the patient's left and right lung, display orientation.
     quality:
         ``{"left": q, "right": q}`` predicted IoU of each mask.
+    image:
+        The ``(H, W)`` radiograph the masks belong to; enables the ``contrast`` check.
 
     Returns
     -------
@@ -115,4 +157,16 @@ def check_lung_masks(left: np.ndarray, right: np.ndarray, quality: dict[str, flo
         return PlausibilityVerdict(
             False, "balance", f"one lung is {ratio:.1f} times the other's area (at most {MAX_AREA_RATIO:.0f} expected)"
         )
+    if image is not None:
+        if np.shape(image) != left.shape:
+            raise ValueError(f"image {np.shape(image)} and masks {left.shape} must have one shape")
+        for side, other in (("left", "right"), ("right", "left")):
+            contrast = lung_contrast(image, masks[side], masks[other])
+            if contrast < MIN_LUNG_CONTRAST:
+                return PlausibilityVerdict(
+                    False,
+                    "contrast",
+                    f"{side} lung is not darker than its surroundings (contrast {contrast:.2f}, at least "
+                    f"{MIN_LUNG_CONTRAST:.2f} expected): no aerated lung where the mask is",
+                )
     return PlausibilityVerdict(True)

@@ -135,7 +135,7 @@ class LungSegmenter:
             masks, iou = self._decode_sides(embedding, current, shape)
             if converged:
                 break
-        return self._finish(masks, iou, current)
+        return self._finish(grey, masks, iou, current)
 
     def segment(self, image: np.ndarray) -> LungSegmentation:
         """Segment both lungs of an unseen radiograph with automatically found boxes.
@@ -169,8 +169,10 @@ class LungSegmenter:
         )
 
     @staticmethod
-    def _finish(masks: dict[str, np.ndarray], iou: dict[str, float], boxes: dict[str, Box]) -> LungSegmentation:
-        verdict = check_lung_masks(masks["left"], masks["right"], iou)
+    def _finish(
+        image: np.ndarray, masks: dict[str, np.ndarray], iou: dict[str, float], boxes: dict[str, Box]
+    ) -> LungSegmentation:
+        verdict = check_lung_masks(masks["left"], masks["right"], iou, image=image)
         if not verdict.ok:
             logger.warning("lung segmentation rejected by the %s check: %s", verdict.check, verdict.reason)
             empty = np.zeros_like(masks["left"], dtype=bool)

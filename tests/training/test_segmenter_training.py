@@ -10,10 +10,12 @@ import torch
 
 from models.segmenter import build_segmenter
 from models.segmenter.boxes import mask_bounding_box
+from training.phantoms import generate_phantom, write_phantom_png
 from training.segmenter import (
     CHECKPOINT_NAME,
     SegmenterTrainingConfig,
     make_batch,
+    mask_folder_source,
     seed_everything,
     source_from_sequence,
     train_segmenter,
@@ -109,3 +111,16 @@ def test_training_lowers_the_loss_on_a_fixed_example(tmp_path):
 def test_empty_dataset_is_refused():
     with pytest.raises(ValueError, match="dataset is empty"):
         source_from_sequence([])
+
+
+def test_image_and_mask_folder_feeds_training_examples_with_sides_by_position(tmp_path):
+    phantoms = [generate_phantom(64, seed=seed) for seed in (21, 22)]
+    for phantom in phantoms:
+        write_phantom_png(phantom, tmp_path)
+    draw = mask_folder_source(tmp_path)
+    image, left, right = draw(np.random.default_rng(0))
+    match = [p for p in phantoms if np.array_equal(p.left_lung, left)]
+    assert len(match) == 1 and np.array_equal(match[0].right_lung, right)
+    assert np.abs(image - match[0].image).max() < 1e-4
+    _, _, boxes = make_batch(draw, np.random.default_rng(1), _config(batch_size=2), 256)
+    assert boxes.shape == (2, 2, 1, 4)

@@ -94,3 +94,23 @@ def test_refined_box_is_the_mask_bounding_box_plus_a_margin_clipped_to_the_image
     assert x0 == 0.0 and 40.0 < x1 < 43.0 and 17.0 < y0 < 20.0 and 150.0 < y1 < 153.0
     assert refine_box(np.zeros_like(mask), previous=(1.0, 2.0, 3.0, 4.0)) == (1.0, 2.0, 3.0, 4.0)
     assert box_iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0 and box_iou((0, 0, 1, 1), (2, 2, 3, 3)) == 0.0
+
+
+def _radiograph(left: np.ndarray, right: np.ndarray, lung_value: float) -> np.ndarray:
+    image = np.full(left.shape, 0.7, dtype=np.float32)
+    image[left | right] = lung_value
+    return image + np.random.default_rng(0).normal(0, 0.01, image.shape).astype(np.float32)
+
+
+def test_dark_lungs_pass_the_contrast_check():
+    left, right = _lungs()
+    assert check_lung_masks(left, right, GOOD_QUALITY, image=_radiograph(left, right, 0.3)).ok
+
+
+@pytest.mark.parametrize("lung_value", [0.7, 0.9])
+def test_masks_on_flat_or_bright_regions_fail_the_contrast_check(lung_value):
+    left, right = _lungs()
+    verdict = check_lung_masks(left, right, GOOD_QUALITY, image=_radiograph(left, right, lung_value))
+    assert (verdict.ok, verdict.check) == (False, "contrast")
+    blank = check_lung_masks(left, right, GOOD_QUALITY, image=np.zeros(left.shape, np.float32))
+    assert (blank.ok, blank.check) == (False, "contrast")
