@@ -22,3 +22,21 @@ def test_the_configuration_page_names_no_setting_that_does_not_exist() -> None:
     documented = set(re.findall(r"`CXR_NODE_([A-Z_]+)`", page)) - {"CONFIG_FILE"}
     known = {name.upper() for name in Settings.model_fields}
     assert documented <= known, f"documented but unknown: {sorted(documented - known)}"
+
+
+def test_conformance_statement_lists_every_accepted_sop_class_and_transfer_syntax() -> None:
+    from node.scp.contexts import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
+
+    page = (DOCS / "dicom-conformance.md").read_text()
+    missing = [uid for uid in (*STORAGE_SOP_CLASSES, *TRANSFER_SYNTAXES) if f"| {uid} |" not in page]
+    assert not missing, f"docs/dicom-conformance.md does not list {missing}"
+
+
+def test_conformance_statement_lists_every_c_store_status_the_listener_returns() -> None:
+    from node.scp import statuses
+
+    page = (DOCS / "dicom-conformance.md").read_text()
+    returned = [value for name, value in vars(statuses).items() if name.isupper() and isinstance(value, int)
+                and (name.startswith(("OUT_OF_RESOURCES", "DATASET_", "CANNOT_UNDERSTAND")) or name == "SUCCESS")]
+    missing = [f"0x{value:04X}" for value in returned if f"| 0x{value:04X} |" not in page]
+    assert not missing, f"docs/dicom-conformance.md does not explain statuses {missing}"
