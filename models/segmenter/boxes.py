@@ -33,6 +33,9 @@ REFINE_MARGIN_FRACTION = 0.01
 #: Refinement rounds after the coarse pass, at most.
 MAX_REFINEMENTS = 3
 
+#: Connected components are found on a copy reduced to at most this many pixels per side.
+COMPONENT_GRID = 512
+
 #: Boxes whose IoU with the previous round's exceeds this are considered converged.
 BOX_CONVERGENCE_IOU = 0.97
 
@@ -95,10 +98,13 @@ def refine_box(mask: np.ndarray, previous: Box) -> Box:
     previous:
         The box that produced ``mask``; returned unchanged when ``mask`` is empty.
     """
-    tight = mask_bounding_box(largest_component(mask))
-    if tight is None:
-        return previous
     height, width = mask.shape
+    step = max(1, -(-max(height, width) // COMPONENT_GRID))  # ceil division
+    reduced = mask_bounding_box(largest_component(mask[::step, ::step]))
+    if reduced is None:
+        return previous
+    # back to full resolution: the reduced grid's pixel i covers rows/columns i*step .. i*step+step-1
+    tight = (reduced[0] * step, reduced[1] * step, reduced[2] * step, reduced[3] * step)
     margin_x = REFINE_MARGIN_FRACTION * width
     margin_y = REFINE_MARGIN_FRACTION * height
     x0, y0, x1, y1 = tight
