@@ -18,15 +18,14 @@ on the validation set (Youden's J) with the best-validation weights.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
 import math
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -306,10 +305,12 @@ def _augment(x: torch.Tensor, generator: torch.Generator, max_shift: int) -> tor
 
 
 @torch.inference_mode()
-def predict_dataset(net: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 128) -> tuple[np.ndarray, np.ndarray]:
+def predict_dataset(
+    net: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 128, num_workers: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Probabilities ``(N, K)`` and labels ``(N, K)`` of a dataset of ``(x, y)`` pairs."""
     net.eval()
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     scores, labels = [], []
     for x, y in loader:
         with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=device.type == "cuda"):
@@ -420,7 +421,7 @@ def train_classifier(
             running += loss.detach().item() * len(x)
             seen += len(x)
             bar.set_postfix(loss=f"{running / seen:.4f}")
-        scores, labels = predict_dataset(net, val_data, device)
+        scores, labels = predict_dataset(net, val_data, device, num_workers=config.num_workers)
         metrics = classification_metrics(labels, scores)
         score = metrics["macro_auroc"] if metrics["macro_auroc"] is not None else -float(running / max(seen, 1))
         history.append(
@@ -447,7 +448,7 @@ def train_classifier(
     if best_state is None:  # resumed a run that had already finished without validation data
         best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
     net.load_state_dict(best_state)
-    scores, labels = predict_dataset(net, val_data, device)
+    scores, labels = predict_dataset(net, val_data, device, num_workers=config.num_workers)
     val_metrics = classification_metrics(labels, scores)
     thresholds = select_thresholds(labels, scores)
     cls_config = ClassifierConfig(
