@@ -31,7 +31,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -84,7 +84,6 @@ class SegmenterTrainingConfig:
     seed: int = 0
     device: str = "cpu"
     threads: int | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def seed_everything(seed: int) -> None:

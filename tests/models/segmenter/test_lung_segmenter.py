@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 import models
 from models.segmenter import LungSegmenter, build_segmenter
+from models.segmenter.boxes import box_iou, default_boxes, mask_bounding_box
 from training.phantoms import generate_phantom
 from training.segmenter import HELD_OUT_SEED_BASE, dice_score, held_out_phantoms
 
@@ -86,6 +87,16 @@ def test_segment_embeds_the_image_once_for_both_lungs_and_all_refinements(demo_s
     assert set(result.boxes) == {"left", "right"}
     # the patient's left lung is found in the image's right half (display orientation)
     assert result.boxes["left"][0] > result.boxes["right"][2] - 5
+
+
+def test_automatic_boxes_converge_from_the_half_image_boxes_to_each_lungs_own_box(demo_segmenter):
+    phantom = generate_phantom(384, seed=HELD_OUT_SEED_BASE + 504)
+    result = demo_segmenter.segment(phantom.image)
+    assert result.ok, result.failure_reason
+    for side, truth in (("left", phantom.left_lung), ("right", phantom.right_lung)):
+        true_box = mask_bounding_box(truth)
+        assert box_iou(default_boxes(truth.shape)[side], true_box) < 0.75  # the coarse box is loose
+        assert box_iou(result.boxes[side], true_box) > 0.85  # the refined box fits the lung
 
 
 @pytest.mark.slow
