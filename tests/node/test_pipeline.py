@@ -36,6 +36,15 @@ SR_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
 SIZE = 256
 
 
+def register_analysis_step() -> None:
+    """Make sure the analysis step is registered, even if another test emptied the registry
+    while ``node.pipeline`` was first imported (registration is idempotent)."""
+    from node.pipeline import STEP_ORDER, analyse_study
+    from node.tasks import registry
+
+    registry.study_step(STEP_NAME, order=STEP_ORDER)(analyse_study)
+
+
 @pytest.fixture
 def scp() -> Iterator[RecordingSCP]:
     recorder = RecordingSCP(ae_title="ARCHIVE")
@@ -45,8 +54,7 @@ def scp() -> Iterator[RecordingSCP]:
 
 @pytest.fixture
 def node(tmp_path: Path, scp: RecordingSCP) -> Iterator[tuple[Settings, Database, InProcessDispatcher]]:
-    import node.pipeline  # noqa: F401 - registers the analysis step
-
+    register_analysis_step()
     settings = Settings(
         data_dir=tmp_path / "var",
         stable_seconds=0,
@@ -226,8 +234,7 @@ def untrained_model_store(root: Path) -> Path:
 
 @pytest.mark.slow
 def test_a_failed_segmentation_fails_masked_policies_and_keeps_the_unmasked_one(tmp_path: Path) -> None:
-    import node.pipeline  # noqa: F401 - registers the analysis step
-
+    register_analysis_step()
     settings = Settings(
         data_dir=tmp_path / "var", stable_seconds=0, mask_policy="loose,original", device="cpu",
         model_dir=untrained_model_store(tmp_path / "models"),
