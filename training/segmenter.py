@@ -342,7 +342,7 @@ def train_segmenter(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        record = {"step": step + 1, "loss": float(loss), **parts}
+        record = {"step": step + 1, "loss": float(loss.detach()), **parts}
         history.append(record)
         bar.set_postfix(loss=f"{record['loss']:.3f}", dice=f"{parts['dice_loss']:.3f}")
         done = step + 1
