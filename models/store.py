@@ -92,6 +92,8 @@ _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
 _UID_MAX_LENGTH = 64  # PS3.5 9.1
 _HASH_CHUNK = 1 << 20
+_FOLDER_MODE = 0o755
+_FILE_MODE = 0o644
 
 
 class ModelStoreError(Exception):
@@ -149,6 +151,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, _FILE_MODE)  # mkstemp makes 0600
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
@@ -570,6 +573,7 @@ def write_version(
         raise ModelStoreError(f"{final} exists; model versions are immutable — choose a new version name")
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{version}.", dir=final.parent))
+    staging.chmod(_FOLDER_MODE)  # mkdtemp makes 0700; a store is read by other users (containers)
     try:
         target = staging / weights_file
         if isinstance(weights, (str, os.PathLike)):
@@ -799,6 +803,7 @@ class ModelStore:
             raise ModelStoreError(f"{final} exists; model versions are immutable — give the new one another version")
         final.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{m.version}.", dir=final.parent))
+        staging.chmod(_FOLDER_MODE)
         try:
             for name in (m.weights_file, MANIFEST_FILENAME):
                 shutil.copyfile(source.folder / name, staging / name)

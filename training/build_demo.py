@@ -44,9 +44,9 @@ DEMO_CREATED_AT = "2026-11-25T00:00:00+00:00"
 #: repository small; the tests measure the stored models, not the float32 ones.
 DEMO_WEIGHTS_DTYPE = torch.float16
 #: CPU threads of the classifier runs and of the segmenter run (the weights depend on the thread
-#: count: floating-point summation order). The segmenter recipe runs single-threaded, which is
-#: also fastest on a 2-core machine busy with other work (see train_demo_segmenter).
-DEMO_THREADS = 2
+#: count: floating-point summation order). The recipes run single-threaded, which is also fastest
+#: on a 2-core machine busy with other work (see train_demo_segmenter).
+DEMO_THREADS = 1
 DEMO_SEGMENTER_THREADS = 1
 DEMO_SEGMENTER_NAME = "demo_sam_tiny"
 #: Folder inside the demo store where finished training runs may be dropped (never committed).

@@ -25,7 +25,6 @@ PHANTOM_SIZE = 384
 
 @pytest.fixture(scope="module")
 def demo_bundle() -> ModelBundle:
-    torch.set_num_threads(1)
     return load_models(None, "cpu")
 
 

@@ -37,7 +37,7 @@ def _fake_runs(incoming: Path) -> None:
             incoming / f"classifier_{policy.value}",
             {"metrics": {"test": {"macro_auroc": 0.97, "auroc": {"Mass": 0.99, "Nodule": None}}},
              "training_data": {"sets": {"train": {"count": 10, "seed": 10000}}, "fingerprint": "a" * 64},
-             "training": {"seed": 0, "torch_threads": 2}},
+             "training": {"seed": 0, "torch_threads": 1}},
         )
 
 
@@ -73,7 +73,7 @@ def test_a_run_made_with_another_recipe_is_refused(tmp_path: Path) -> None:
     incoming = tmp_path / "incoming"
     _fake_runs(incoming)
     summary = json.loads((incoming / "segmenter" / "segmenter.json").read_text())
-    (incoming / "segmenter" / "segmenter.json").write_text(json.dumps({**summary, "threads": 2}))
+    (incoming / "segmenter" / "segmenter.json").write_text(json.dumps({**summary, "threads": 2}))  # recipe: 1
     with pytest.raises(ValueError, match="trained with .*'threads': 2.*retrain with the demo recipe"):
         build_demo_store(tmp_path / "store", incoming=incoming, progress=False)
 
