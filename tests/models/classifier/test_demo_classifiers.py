@@ -16,21 +16,24 @@ from sklearn.metrics import roc_auc_score
 
 from models.classifier import ChestClassifier, no_finding_score
 from models.labels import FINDINGS
+from models.loading import load_classifier
+from models.store import ModelStore
 from training.phantoms import PhantomDataset, generate_phantom
 
-INCOMING = Path(__file__).resolve().parents[3] / "models" / "demo_store" / "_incoming"
 POLICIES = ("original", "loose", "tight")
 HELD_OUT_SEED = 90_000  # demo sets use 10_000, 20_000 and 30_000 (+ seed 0)
 HELD_OUT_COUNT = 240
 REGION_SEED = 95_000
 
 
-def demo_dir(policy: str) -> Path:
-    return INCOMING / f"classifier-{policy}"
+def load_demo(policy: str) -> ChestClassifier:
+    """The bundled demo store's active classifier of ``policy`` (sha256-checked)."""
+    return load_classifier(ModelStore(None).active_classifier(policy), "cpu")
 
 
 def image_size(policy: str) -> int:
-    return int(json.loads((demo_dir(policy) / "classifier.json").read_text())["training_data"]["image_size"])
+    description = ModelStore(None).active_classifier(policy).manifest.training_data["description"]
+    return int(json.loads(description)["image_size"])
 
 
 @pytest.fixture(autouse=True)
@@ -52,7 +55,7 @@ def held_out():
 @pytest.mark.slow
 @pytest.mark.parametrize("policy", POLICIES)
 def test_demo_classifier_reaches_macro_auroc_090_on_held_out_phantoms(policy, held_out):
-    classifier = ChestClassifier.load_dir(demo_dir(policy), device="cpu")
+    classifier = load_demo(policy)
     assert classifier.policy == policy
     images = [classifier.prepare(ph.image, ph.left_lung, ph.right_lung, ph.pixel_spacing_mm) for ph in held_out]
     probs = classifier.predict(images)
@@ -65,7 +68,7 @@ def test_demo_classifier_reaches_macro_auroc_090_on_held_out_phantoms(policy, he
 
 
 def test_mass_region_lands_on_the_mass():
-    classifier = ChestClassifier.load_dir(demo_dir("original"), device="cpu")
+    classifier = load_demo("original")
     size = image_size("original")
     hits = []
     for i in range(6):
@@ -78,7 +81,7 @@ def test_mass_region_lands_on_the_mass():
 
 
 def test_regions_are_in_source_pixels_whatever_the_image_size():
-    classifier = ChestClassifier.load_dir(demo_dir("original"), device="cpu")
+    classifier = load_demo("original")
     size = image_size("original")
     small = generate_phantom(size, seed=REGION_SEED, findings=["Mass"])
     large = generate_phantom(2 * size, seed=REGION_SEED, findings=["Mass"])

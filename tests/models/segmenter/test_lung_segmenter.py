@@ -16,11 +16,12 @@ import torch.nn.functional as F
 
 import models
 from models.segmenter import LungSegmenter, build_segmenter
+from models.store import ModelStore
 from models.segmenter.boxes import box_iou, default_boxes, mask_bounding_box
 from training.phantoms import generate_phantom
 from training.segmenter import HELD_OUT_SEED_BASE, dice_score, held_out_phantoms
 
-DEMO_WEIGHTS = Path(models.__file__).parent / "demo_store" / "_incoming" / "segmenter" / "weights.pt"
+DEMO_WEIGHTS = ModelStore(None).active_segmenter().weights_path  # the bundled demo store's
 
 
 @pytest.fixture(scope="module")
