@@ -38,7 +38,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 #: Modules that register tasks, study steps and start-up sweeps; imported by every process
 #: that runs or sends tasks (append yours here).
-TASK_MODULES: tuple[str, ...] = ("node.tasks.process", "node.delivery.task")
+TASK_MODULES: tuple[str, ...] = ("node.tasks.process", "node.delivery.task", "node.pipeline")
 
 TaskFunction = Callable[..., Any]
 StudyStepFunction = Callable[["ClaimedJob", "list[OpenedInstance]", "TaskContext"], Any]
