@@ -1,13 +1,15 @@
 """The committed demo classifiers: held-out AUROC under each policy, and where CAM regions land.
 
-Inference only, on phantoms drawn from seeds disjoint from the demo training, validation and test
-sets (training.classifier.DEMO_*_SEED_BASE + 0), with the phantoms' ground-truth lung masks.
+The classifiers are the active ones of the bundled demo store (as the node loads them: sha256
+checked, half-precision weights). Inference only, on phantoms drawn from seeds disjoint from the
+demo training, validation and test sets (training.classifier.DEMO_*_SEED_BASE + 0), with the
+phantoms' ground-truth lung masks.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from functools import cache
 
 import numpy as np
 import pytest
@@ -16,6 +18,8 @@ from sklearn.metrics import roc_auc_score
 
 from models.classifier import ChestClassifier, no_finding_score
 from models.labels import FINDINGS
+from models.loading import load_classifier
+from models.store import ModelStore
 from models.loading import load_classifier
 from models.store import ModelStore
 from training.phantoms import PhantomDataset, generate_phantom
