@@ -110,7 +110,10 @@ def deliver_now(
     if dispatcher is not None:
         for destination, waiting in retries.items():
             delay = max(seconds for _, seconds in waiting)
-            dispatcher.enqueue(TASK_DELIVER, [i for i, _ in waiting], countdown=delay)  # type: ignore[attr-defined]
+            try:
+                dispatcher.enqueue(TASK_DELIVER, [i for i, _ in waiting], countdown=delay)  # type: ignore[attr-defined]
+            except RuntimeError:  # the node is stopping: next_attempt_at is in the database for the sweeps
+                log.info("retry wake-up for %s not scheduled: the dispatcher is shut down", destination)
     update_study_delivery_states(database, [c.delivery_id for c in claimed])
     return {"claimed": len(claimed), "states": counts}
 
