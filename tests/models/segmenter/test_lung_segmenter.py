@@ -1,32 +1,29 @@
 """LungSegmenter: official decode path, one embedding for both lungs, automatic boxes, failures.
 
-The quality test loads the committed demo weights (trained by
+The quality test loads the committed demo segmenter of the bundled store (trained by
 ``training.segmenter.train_demo_segmenter``) and measures Dice per lung on held-out phantoms
 with automatic boxes only.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-import models
 from models.segmenter import LungSegmenter, build_segmenter
-from models.store import ModelStore
 from models.segmenter.boxes import box_iou, default_boxes, mask_bounding_box
+from models.store import ModelStore
 from training.phantoms import generate_phantom
 from training.segmenter import HELD_OUT_SEED_BASE, dice_score, held_out_phantoms
-
-DEMO_WEIGHTS = ModelStore(None).active_segmenter().weights_path  # the bundled demo store's
 
 
 @pytest.fixture(scope="module")
 def demo_segmenter() -> LungSegmenter:
-    return LungSegmenter(build_segmenter("sam_tiny", DEMO_WEIGHTS))
+    version = ModelStore(None).active_segmenter()  # the bundled demo store's
+    version.verify()  # the committed weights file matches its manifest's sha256
+    return LungSegmenter(build_segmenter(version.manifest.architecture, version.weights_path))
 
 
 @pytest.fixture(scope="module")
