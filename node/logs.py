@@ -21,4 +21,6 @@ def configure_logging(level: str | int = "INFO") -> None:
     root.addHandler(handler)
     root.setLevel(level)
     # pynetdicom logs every PDU at DEBUG and dataset summaries at INFO; keep it to warnings.
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    # highdicom and the JPEG 2000 encoder narrate every module they copy and every tile.
+    for noisy in ("pynetdicom", "highdicom", "openjpeg"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

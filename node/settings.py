@@ -106,7 +106,7 @@ class Settings(BaseSettings):
     # --- DICOM listener --------------------------------------------------------------
     ae_title: str = Field("CXRNODE", description="AE title the node answers to (called AE title).")
     host: str = Field("0.0.0.0", description="Address the listener binds to.")
-    port: int = Field(11112, ge=1, le=65535, description="TCP port of the listener.")
+    port: int = Field(11112, ge=0, le=65535, description="TCP port of the listener; 0 lets the system choose a free one.")
     allowed_calling_aets: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Calling AE titles allowed to associate; empty allows all."
     )

@@ -71,7 +71,7 @@ def _wait_for_study(service: Any, study_uid: str, timeout: float) -> dict[str, A
     raise RuntimeError(f"study {study_uid} did not finish within {timeout:.0f} s (state: {state})")
 
 
-def _print_summary(report: dict[str, Any], truth: dict[str, bool], files: list[Path]) -> None:
+def _print_summary(report: dict[str, Any], truth: dict[str, bool], files: list[Path], output_dir: Path) -> None:
     study = report["study"]
     typer.echo("")
     typer.echo("=" * 78)
@@ -101,7 +101,7 @@ def _print_summary(report: dict[str, Any], truth: dict[str, bool], files: list[P
     if outputs:
         typer.echo("  outputs:")
         for output in outputs:
-            typer.echo(f"    {output.get('kind')}: {output.get('path')}")
+            typer.echo(f"    {output.get('kind')}: {(output_dir / str(output.get('path'))).resolve()}")
     typer.echo(f"  inputs sent: {', '.join(str(f) for f in files)}")
     typer.echo("  full record: cxr-node studies show " + study["study_instance_uid"] + " --json")
 
@@ -151,7 +151,7 @@ def demo(
     if as_json:
         typer.echo(json.dumps(report, indent=2, default=str))
     else:
-        _print_summary(report, phantom.labels, [frontal, lateral])
+        _print_summary(report, phantom.labels, [frontal, lateral], settings.output_dir)
     if report["study"]["state"] == StudyState.FAILED.value:
         raise typer.Exit(code=1)
 

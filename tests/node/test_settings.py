@@ -47,7 +47,7 @@ def test_called_ae_title_selects_a_policy_when_the_caller_has_none(monkeypatch: 
         ("CXR_NODE_DESTINATIONS", "PACS:104", "write it as AET@host:port"),
         ("CXR_NODE_DESTINATIONS", "PACS@host:99999", "outside 1..65535"),
         ("CXR_NODE_AE_TITLE", "A" * 17, "not a valid AE title"),
-        ("CXR_NODE_PORT", "0", "greater than or equal to 1"),
+        ("CXR_NODE_PORT", "-1", "greater than or equal to 0"),
         ("CXR_NODE_STABLE_SECONDS_BY_AET", "SLOW", "is not KEY=VALUE"),
     ],
 )
