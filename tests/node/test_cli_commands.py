@@ -12,7 +12,6 @@ from typer.testing import CliRunner
 
 from node.cli import app
 from node.completion import queue_quiet_studies
-from node.constants import StudyState
 from node.db import Database
 from node.scp.server import start_listener
 from node.tasks.dispatch import InProcessDispatcher

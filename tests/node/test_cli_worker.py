@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,20 +16,11 @@ from node.constants import QUEUE_INFERENCE, JobState, StudyState
 from node.db import Instance, Job, Study
 from node.tasks.celery_app import create_celery_app
 from node.tasks.dispatch import CeleryDispatcher
+from tests.support.polling import wait_for
 from tests.support.redis_server import RedisServer
 from tests.support.study_rows import add_instance, add_study, make_database, make_settings
 
 CXR_NODE = str(Path(sys.executable).with_name("cxr-node"))
-
-
-def _wait_for(condition, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @pytest.mark.slow
@@ -64,9 +54,9 @@ def test_worker_process_runs_process_study_from_redis_once(tmp_path: Path) -> No
                     job = session.get(Job, queued.job_id)
                     return job if job.state == JobState.DONE.value else None
 
-            job = _wait_for(job_done, 60, "the worker to finish the job")
+            job = wait_for(job_done, "the worker to finish the job", 60)
             queue = redis.Redis(port=broker.port)
-            _wait_for(lambda: queue.llen(QUEUE_INFERENCE) == 0 and queue.zcard("unacked_index") == 0, 30, "both wake-ups to be consumed and acknowledged")
+            wait_for(lambda: queue.llen(QUEUE_INFERENCE) == 0 and queue.zcard("unacked_index") == 0, "both wake-ups to be consumed and acknowledged", 30)
         finally:
             worker.send_signal(signal.SIGTERM)
             try:

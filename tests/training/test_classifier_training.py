@@ -23,14 +23,10 @@ from training.classifier import (
     train_demo_classifier,
 )
 from training.phantoms import PhantomDataset, generate_phantom
+from tests.support.torch_threads import one_torch_thread  # noqa: F401 (fixture)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Phantoms:

@@ -10,14 +10,10 @@ import torch
 
 from models.classifier import BACKBONES, ChestClassifier, ChestNet, ClassifierConfig, build_backbone, resize_images
 from models.labels import FINDINGS
+from tests.support.torch_threads import one_torch_thread  # noqa: F401 (fixture)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.parametrize("architecture", ["resnet50", "densenet121", "efficientnet_b0", "resnet18", "cxr_tiny"])

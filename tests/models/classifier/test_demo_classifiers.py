@@ -9,20 +9,17 @@ phantoms' ground-truth lung masks.
 from __future__ import annotations
 
 import json
-from functools import cache
 
 import numpy as np
 import pytest
-import torch
 from sklearn.metrics import roc_auc_score
 
 from models.classifier import ChestClassifier, no_finding_score
 from models.labels import FINDINGS
 from models.loading import load_classifier
 from models.store import ModelStore
-from models.loading import load_classifier
-from models.store import ModelStore
 from training.phantoms import PhantomDataset, generate_phantom
+from tests.support.torch_threads import one_torch_thread  # noqa: F401 (fixture)
 
 POLICIES = ("original", "loose", "tight")
 HELD_OUT_SEED = 90_000  # demo sets use 10_000, 20_000 and 30_000 (+ seed 0)
@@ -40,12 +37,7 @@ def image_size(policy: str) -> int:
     return int(json.loads(description)["image_size"])
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

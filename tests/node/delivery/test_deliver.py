@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,17 +19,9 @@ from node.settings import RemoteNode, Settings
 from node.tasks.dispatch import InProcessDispatcher
 from tests.node.delivery.conftest import StudyFiles, make_study_with_outputs
 from tests.support.orthanc import OrthancServer, free_port
+from tests.support.polling import wait_for
 
 DEADLINE_S = 30.0
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = DEADLINE_S) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def deliveries(database: Database) -> list[Delivery]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import pytest
@@ -12,19 +11,11 @@ import redis
 from node.constants import QUEUE_INFERENCE, JobState
 from node.db import Job
 from node.service import NodeService
+from tests.support.polling import wait_for
 from tests.support.redis_server import RedisServer
 from tests.support.study_rows import add_study, make_database, make_settings
 
 pytestmark = pytest.mark.slow
-
-
-def _wait_for(condition, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def test_queued_jobs_are_woken_again_after_the_broker_restarts(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
@@ -37,13 +28,13 @@ def test_queued_jobs_are_woken_again_after_the_broker_restarts(tmp_path: Path, c
         service.start()
         try:
             queue = redis.Redis(port=broker.port)
-            _wait_for(lambda: queue.llen(QUEUE_INFERENCE) == 1, 30, "the wake-up in Redis")  # no worker runs
+            wait_for(lambda: queue.llen(QUEUE_INFERENCE) == 1, "the wake-up in Redis", 30)  # no worker runs
 
             broker.restart()  # no persistence: the message is gone
             queue = redis.Redis(port=broker.port)
             # Not asserting an empty queue here: the node's sweep may already have re-sent the
             # wake-up. Without the re-send the fresh Redis stays empty and this wait times out.
-            _wait_for(lambda: queue.llen(QUEUE_INFERENCE) == 1, 30, "the wake-up to be sent again")
+            wait_for(lambda: queue.llen(QUEUE_INFERENCE) == 1, "the wake-up to be sent again", 30)
         finally:
             service.stop()
     with database.session() as session:
