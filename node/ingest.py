@@ -7,7 +7,13 @@ and before it answers Success. One transaction:
    ``running``, ``done``, ``delivered`` or ``failed`` re-opens it: the state goes back to
    ``received`` and ``generation`` is bumped, so the completion scanner makes a new job for
    the new generation. A study still ``received`` only has ``last_received_at`` moved on,
-   which restarts its quiet period;
+   which restarts its quiet period. An instance of a *companion* class
+   (:data:`node.constants.COMPANION_SOP_CLASSES`: SEG, SR, KOS, GSPS, such as the node's own
+   outputs coming back in a whole study that a PACS forwards) changes neither the state, nor
+   the generation, nor ``last_received_at``: it is stored and recorded, but never re-opens a
+   processed study (no processing loop with an auto-routing PACS) nor prolongs the quiet
+   period of one still receiving (the worker skips it anyway). A companion instance of a study
+   the node has not seen creates the study as usual;
 2. the instance row is inserted (``sop_instance_uid`` is unique: the same instance sent twice
    is stored once, and the second arrival is reported as a duplicate).
 
@@ -27,7 +33,7 @@ from sqlalchemy import case, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from node.constants import StudyState
+from node.constants import COMPANION_SOP_CLASSES, StudyState
 from node.db import Database, Instance, Study
 from node.db.schema import utcnow
 
@@ -57,7 +63,7 @@ class IngestOutcome(str, enum.Enum):
     """What :func:`record_instance` did."""
 
     NEW_STUDY = "new-study"  #: first instance of a study the node had never seen
-    ADDED = "added"  #: added to a study still receiving
+    ADDED = "added"  #: added to a study still receiving, or a companion (SEG/SR) to any study
     REOPENED = "reopened"  #: added to a study that had left ``received``; generation bumped
     DUPLICATE = "duplicate"  #: this SOP Instance UID was already stored; nothing changed
 
@@ -107,17 +113,23 @@ def _touch_or_reopen_study(session: Session, item: ReceivedInstance, now: dt.dat
     ).first()
     if before is None:
         return None
-    # The CASE is evaluated by the database on the row as it is when the UPDATE holds it, so a
-    # scanner that queued the study a moment ago is seen and the study is re-opened.
+    if item.sop_class_uid in COMPANION_SOP_CLASSES:
+        # Stored alongside, never a reason to (re-)process: state, generation and quiet period
+        # stay as they are. Still one UPDATE, so the row is locked like for an image.
+        values: dict[str, object] = {"updated_at": now}
+    else:
+        # The CASE is evaluated by the database on the row as it is when the UPDATE holds it, so
+        # a scanner that queued the study a moment ago is seen and the study is re-opened.
+        values = {
+            "generation": case((Study.state.in_(_REOPENABLE), Study.generation + 1), else_=Study.generation),
+            "state": StudyState.RECEIVED.value,
+            "last_received_at": now,
+            "updated_at": now,
+        }
     result = session.execute(
         update(Study)
         .where(Study.id == before.id)
-        .values(
-            generation=case((Study.state.in_(_REOPENABLE), Study.generation + 1), else_=Study.generation),
-            state=StudyState.RECEIVED.value,
-            last_received_at=now,
-            updated_at=now,
-        )
+        .values(**values)
         .execution_options(synchronize_session=False)
     )
     if result.rowcount != 1:  # deleted between the two statements; treat as new

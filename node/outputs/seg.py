@@ -44,13 +44,14 @@ from pydicom.uid import JPEG2000Lossless
 from models.labels import LUNG_SIDES
 from models.result import AnalysisResult, ModelVersionInfo
 from node import __version__ as NODE_VERSION
+from node.constants import NODE_MANUFACTURER
 from node.outputs import codes
 from node.outputs.uids import OutputUIDs
 from node.processing.pixels import pixel_spacing_mm
 
 logger = logging.getLogger(__name__)
 
-MANUFACTURER = "cxr-node"
+MANUFACTURER = NODE_MANUFACTURER
 #: Series numbers of the node's output series (far above a modality's usual 1..100).
 SEG_SERIES_NUMBER = 9001
 NOT_FOR_CLINICAL_USE = "NOT FOR CLINICAL USE"

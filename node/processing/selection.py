@@ -3,6 +3,9 @@
 :func:`classify_instance` answers for one dataset, with a human-readable reason when it
 says no; the worker records that reason as the instance's skip. The rules, in order:
 
+0. **Not a companion object**: the node's own outputs (Manufacturer ``cxr-node``) and the
+   non-image companion classes a PACS forwards with a study (SEG, SR, KOS, GSPS;
+   :data:`node.constants.COMPANION_SOP_CLASSES`) are refused first, with a reason that says so.
 1. **Image**: Pixel Data present, a single frame.
 2. **Modality**: ``CR`` or ``DX``. ``OT``/``SC``-style secondary captures (any other
    modality on the Secondary Capture SOP class) only when the header *says* chest and
@@ -30,6 +33,9 @@ import re
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
+
+from node.constants import COMPANION_SOP_CLASSES, NODE_MANUFACTURER
 
 SECONDARY_CAPTURE_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 
@@ -108,6 +114,12 @@ def classify_instance(ds: Dataset) -> Selection:
 
     Only header attributes are read; the pixel data is not decoded.
     """
+    sop_class = str(ds.get("SOPClassUID", "") or "")
+    class_name = UID(sop_class).name if sop_class else "(no SOP Class)"
+    if str(ds.get("Manufacturer", "") or "").strip() == NODE_MANUFACTURER:
+        return Selection.refuse(f"output of {NODE_MANUFACTURER} ({class_name}), not a radiograph")
+    if sop_class in COMPANION_SOP_CLASSES:
+        return Selection.refuse(f"{class_name} is not a radiograph (SR/SEG/KOS/GSPS are stored, not analysed)")
     if "PixelData" not in ds:
         return Selection.refuse("no Pixel Data: not an image")
     frames = int(ds.get("NumberOfFrames", 1) or 1)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from node.constants import NO_PIXEL_DATA_SOP_CLASSES
 from node.db import Database
 from node.dicom_uids import is_valid_uid
 from node.ingest import IngestOutcome, ReceivedInstance, StoredInstance, is_stored, record_instance
@@ -152,7 +153,7 @@ class StoreHandler:
             return self._refuse(
                 statuses.CANNOT_UNDERSTAND_CORRUPT, calling, affected_sop_instance, f"{error} ({transfer_syntax})"
             )
-        if not header.has_pixel_data:
+        if not header.has_pixel_data and affected_sop_class not in NO_PIXEL_DATA_SOP_CLASSES:
             return self._refuse(
                 statuses.DATASET_WITHOUT_PIXEL_DATA, calling, affected_sop_instance, "no Pixel Data (7FE0,0010)"
             )

@@ -28,7 +28,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from sqlalchemy import select
 
-from node.constants import QUEUE_INFERENCE, TASK_PROCESS_STUDY
+from node.constants import COMPANION_SOP_CLASSES, QUEUE_INFERENCE, TASK_PROCESS_STUDY
 from node.db import Instance
 from node.tasks.context import TaskContext
 from node.tasks.jobs import ClaimedJob, claim_job, fail_job, finish_job
@@ -173,6 +173,11 @@ def open_instance(path: Path, transfer_syntax_uid: str | None = None) -> tuple[d
     except Exception as exc:  # corrupt or truncated: record it, never fail the study for it
         return {"decoded": False, "error": _reason("unreadable", exc)}, None, None
     inspection = inspect_dataset(ds)
+    if inspection["sop_class_uid"] in COMPANION_SOP_CLASSES:
+        # SEG/SR/KOS/GSPS stored with the study (e.g. the node's own outputs sent back): never
+        # analysed, so not decoded; the analysis step records them as skipped.
+        inspection.update(decoded=False, error="companion object (SEG/SR/KOS/GSPS), not decoded")
+        return inspection, ds, None
     if not inspection["has_pixel_data"]:
         inspection.update(decoded=False, error="no pixel data")
         return inspection, ds, None
@@ -225,7 +230,7 @@ def open_study_instances(claim: ClaimedJob, context: TaskContext) -> list[Opened
         inspection["job_id"] = claim.job_id
         with context.database.session() as session:
             session.get(Instance, instance_id).inspection = inspection  # type: ignore[union-attr]
-        if pixels is None:
+        if pixels is None and inspection.get("sop_class_uid") not in COMPANION_SOP_CLASSES:
             log.warning("study %s instance %s not decoded: %s", claim.study_instance_uid, sop_uid, inspection.get("error"))
         opened.append(OpenedInstance(instance_id, sop_uid, series_uid, sop_class, path, inspection, ds, pixels))
     return opened
