@@ -12,7 +12,9 @@ sender, listed in ``CXR_NODE_KNOWN_PACS``. The test then reads what Orthanc hold
   process from the same pixels;
 - a lateral view and a hand radiograph in the study are skipped with their reasons;
 - sending the study again, re-processing it after a late instance, and ``cxr-node resend``
-  leave no duplicate objects in Orthanc (output UIDs are deterministic).
+  leave no duplicate objects in Orthanc (output UIDs are deterministic);
+- Orthanc re-sending the WHOLE study, the node's own SEG and SRs included, succeeds, and the
+  node stores them without re-opening the study: no new job, no new outputs (no loop).
 """
 
 from __future__ import annotations
@@ -274,8 +276,7 @@ def test_sending_again_reprocessing_and_resend_leave_no_duplicates_in_the_pacs(
     count = pacs.instance_count()
 
     # 1. The same study sent again: duplicates of stored instances change nothing. (Only the
-    #    radiographs: the node's listener does not take SEG or SR, and Orthanc fails a whole
-    #    transfer when the receiver refuses one of its SOP classes.)
+    #    radiographs here; the whole study, with the node's SEG and SRs, is re-sent in the next test.)
     pacs.store_to_modality("CXRNODE", roundtrip.source_ids)
     report = node.study(roundtrip.study_uid)
     assert report["study"]["generation"] == 0 and report["study"]["state"] == "delivered"
@@ -315,3 +316,31 @@ def test_sending_again_reprocessing_and_resend_leave_no_duplicates_in_the_pacs(
     for output in (o for o in report["outputs"] if o["job_id"] == jobs[1]):
         (delivery,) = output["deliveries"]
         assert [a["status"] for a in delivery["attempt_log"]][-2:] == [0, 0]
+
+
+def test_the_whole_study_with_the_nodes_outputs_sent_back_is_stored_and_not_reprocessed(
+    roundtrip: Roundtrip, delivered: dict[str, Any]
+) -> None:
+    pacs, node = roundtrip.pacs, roundtrip.node
+    before = node.study(roundtrip.study_uid)
+    assert before["study"]["state"] == "delivered"
+    outputs_in_pacs = roundtrip.outputs_in_pacs()
+    returned = set(outputs_in_pacs[SEG_SOP_CLASS]) | set(outputs_in_pacs[COMPREHENSIVE_3D_SR])
+    assert outputs_in_pacs[SEG_SOP_CLASS] and outputs_in_pacs[COMPREHENSIVE_3D_SR]
+    assert not returned & {i["sop_instance_uid"] for i in before["instances"]}
+    count = pacs.instance_count()
+
+    # What a PACS that forwards whole studies does: every instance, SEG and SR included. Orthanc
+    # raises (HTTP error) when the receiver refuses any of them; synchronous, so every instance
+    # has been answered (and therefore committed by the node) when it returns.
+    pacs.store_to_modality("CXRNODE", pacs.study_id(roundtrip.study_uid))
+
+    after = node.study(roundtrip.study_uid)
+    stored = {i["sop_instance_uid"]: i for i in after["instances"]}
+    assert returned <= set(stored), "the node's own SEG and SRs were not stored"
+    assert {stored[uid]["sop_class_uid"] for uid in returned} == {SEG_SOP_CLASS, COMPREHENSIVE_3D_SR}
+    # Stored, but no re-opening: same state, generation, jobs and outputs; nothing new in the PACS.
+    assert (after["study"]["state"], after["study"]["generation"]) == ("delivered", before["study"]["generation"])
+    assert [j["id"] for j in after["jobs"]] == [j["id"] for j in before["jobs"]]
+    assert sorted(o["sop_instance_uid"] for o in after["outputs"]) == sorted(o["sop_instance_uid"] for o in before["outputs"])
+    assert pacs.instance_count() == count
