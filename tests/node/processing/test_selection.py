@@ -129,3 +129,17 @@ def test_image_without_pixels_or_with_frames_is_refused() -> None:
     multi = _dx()
     multi.NumberOfFrames = 3
     assert classify_instance(multi).reason == "3 frames: the models read single-frame radiographs"
+
+
+def test_sr_seg_and_the_nodes_own_outputs_are_refused_as_companions_first() -> None:
+    sr = Dataset()
+    sr.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR, no Pixel Data
+    assert classify_instance(sr).reason == (
+        "Comprehensive SR Storage is not a radiograph (SR/SEG/KOS/GSPS are stored, not analysed)"
+    )
+    seg = _dx(view_position="PA")  # a chest header, but a SEG of the node: never a radiograph
+    seg.SOPClassUID = "1.2.840.10008.5.1.4.1.1.66.4"
+    seg.Manufacturer = "cxr-node"
+    selection = classify_instance(seg)
+    assert not selection.accepted
+    assert selection.reason == "output of cxr-node (Segmentation Storage), not a radiograph"
