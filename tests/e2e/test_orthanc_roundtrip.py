@@ -24,7 +24,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ from models.labels import FINDINGS, NO_FINDING
 from node.outputs import codes
 from tests.support.dicom_tools import dciodvfy_errors, read_tid1500
 from tests.support.node_process import NodeProcess
+from tests.support import polling
 from tests.support.orthanc import OrthancServer
 from tests.support.ports import free_port
 from training.dicom_export import RadiographIdentity, write_radiograph
@@ -55,13 +55,7 @@ DEADLINE_S = 180.0
 
 
 def wait_for(condition: Callable[[], Any], what: str, timeout: float = DEADLINE_S) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    return polling.wait_for(condition, what, timeout, interval=0.2)
 
 
 @dataclass
