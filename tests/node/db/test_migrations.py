@@ -10,6 +10,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
 from node.db import Base, Database
+from tests.support.concurrent_start import ensure_schema_concurrently
 
 
 def _schema_differences(database: Database) -> list[object]:
@@ -58,26 +59,9 @@ def test_non_empty_database_without_a_revision_is_refused(tmp_path: Path) -> Non
 
 
 def test_processes_starting_together_create_the_schema_once(tmp_path: Path) -> None:
-    import threading
-
     url = f"sqlite:///{tmp_path / 'node.sqlite3'}"
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(4)
-
-    def start() -> None:  # serve and workers each open their own engine
-        database = Database(url)
-        barrier.wait()
-        try:
-            database.ensure_schema()
-        except BaseException as exc:  # collected and asserted below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=start) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert errors == []
+    for engine in ensure_schema_concurrently(url, starters=4, timeout=60):
+        engine.engine.dispose()
     database = Database(url)
     assert database.current_revision() == database.head_revision()
     assert _schema_differences(database) == []

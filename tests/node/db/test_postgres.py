@@ -22,6 +22,7 @@ from node.ingest import IngestOutcome, ReceivedInstance, record_instance
 from node.reports import status_report
 from node.settings import Settings
 from node.tasks.jobs import claim_job, finish_job, requeue_unfinished
+from tests.support.concurrent_start import ensure_schema_concurrently
 from tests.support.postgres_server import PostgresServer
 
 CXR_NODE = str(Path(sys.executable).with_name("cxr-node"))
@@ -70,25 +71,7 @@ def test_db_upgrade_command_migrates_an_empty_postgres_database_to_the_models(po
 
 def test_serve_and_workers_starting_together_create_the_schema_once(postgres: PostgresServer) -> None:
     url = postgres.create_database("concurrent_start")
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(4)
-    engines: list[Database] = []
-
-    def start() -> None:
-        database = Database(url)
-        engines.append(database)
-        barrier.wait()
-        try:
-            database.ensure_schema()
-        except BaseException as exc:  # collected and asserted below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=start) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert errors == []
+    engines = ensure_schema_concurrently(url, starters=4, timeout=120)
     assert engines[0].current_revision() == engines[0].head_revision()
     for database in engines:
         database.engine.dispose()
