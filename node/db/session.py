@@ -124,7 +124,10 @@ class Database:
         from alembic.script import ScriptDirectory
 
         head = ScriptDirectory.from_config(self.alembic_config()).get_current_head()
-        assert head is not None  # the project always ships migrations
+        if head is None:
+            raise RuntimeError(
+                f"no Alembic migrations found in {MIGRATIONS_DIR}; the installation is incomplete, reinstall cxr-node"
+            )
         return head
 
     def ensure_schema(self) -> None:
