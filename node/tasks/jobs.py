@@ -164,12 +164,19 @@ def _close(database: Database, claim: ClaimedJob, job_state: JobState, study_sta
             )
             return False
         study_moved = _set_study_state(session, claim.study_id, claim.generation, study_state, now)
-    if not study_moved:
+        current = None if study_moved else session.execute(
+            select(Study.state, Study.generation).where(Study.id == claim.study_id)
+        ).first()
+    if current is not None:
+        # Either a late instance re-opened the study (newer generation) or its deliveries already
+        # moved it on (e.g. to delivered); either way its state is newer than this job's outcome.
         log.info(
-            "job %d finished for generation %d of study %s, which was re-opened since; study state left as is",
+            "job %d finished for generation %d of study %s; study is already %s (generation %d), state left as is",
             claim.job_id,
             claim.generation,
             claim.study_instance_uid,
+            current.state,
+            current.generation,
         )
     return True
 
