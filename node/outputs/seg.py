@@ -13,12 +13,13 @@ a new series:
 * the segmenter in the Contributing Equipment Sequence (Processing Equipment) with its
   Device UID (IHE AI Results), manufacturer ``cxr-node``;
 * Patient Orientation copied from the source (highdicom does not carry it over);
-* JPEG 2000 lossless pixel data (highdicom refuses RLE for BINARY);
+* JPEG 2000 lossless pixel data (highdicom refuses RLE for BINARY), encoded under
+  :data:`node.outputs.codecs.JPEG2000_ENCODER_LOCK` (the encoder is not re-entrant);
 * "NOT FOR CLINICAL USE" in Series Description, Content Description and Image Comments
   when the segmenter is not cleared for clinical use.
 
 Projection radiographs have no Frame of Reference, which trips two readers; both
-workarounds are applied (see ``../shared/FACTS.md``):
+workarounds are applied:
 
 * ``highdicom.seg.segread`` needs a Pixel Measures Sequence: one is always written, from the
   source's Pixel Spacing (or Imager Pixel Spacing) with a nominal Slice Thickness of 1 mm;
@@ -46,6 +47,7 @@ from models.result import AnalysisResult, ModelVersionInfo
 from node import __version__ as NODE_VERSION
 from node.constants import NODE_MANUFACTURER
 from node.outputs import codes
+from node.outputs.codecs import JPEG2000_ENCODER_LOCK
 from node.outputs.uids import OutputUIDs
 from node.processing.pixels import pixel_spacing_mm
 
@@ -183,32 +185,33 @@ def build_lung_segmentation(
     if not clinical:
         content_description = f"{NOT_FOR_CLINICAL_USE}; {content_description}"
     pixel_array = np.stack(masks, axis=-1)[np.newaxis].astype(np.uint8)  # (1, rows, columns, 2)
-    seg = hd.seg.Segmentation(
-        source_images=[source_header],
-        pixel_array=pixel_array,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions,
-        series_instance_uid=uids.seg_series,
-        series_number=SEG_SERIES_NUMBER,
-        sop_instance_uid=uids.seg_instance,
-        instance_number=int(source_ds.get("InstanceNumber", 1) or 1),
-        manufacturer=MANUFACTURER,
-        manufacturer_model_name=segmenter.name[:64],
-        software_versions=[f"cxr-node {NODE_VERSION}", segmenter.version[:64]],  # type: ignore[arg-type]
-        device_serial_number=segmenter.device_uid,
-        content_description=content_description[:64],
-        content_creator_name="cxr-node^",  # family-name-only PN
-        content_label="LUNGS",
-        transfer_syntax_uid=JPEG2000Lossless,
-        pixel_measures=pixel_measures,
-        omit_empty_frames=False,
-        contributing_equipment=[contributing_equipment(segmenter)],
-        series_description=series_description[:64],
-        series_date=created.date(),
-        series_time=created.time(),
-        content_date=created.date(),
-        content_time=created.time(),
-    )
+    with JPEG2000_ENCODER_LOCK:  # highdicom encodes the frames here; the encoder is not re-entrant
+        seg = hd.seg.Segmentation(
+            source_images=[source_header],
+            pixel_array=pixel_array,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=descriptions,
+            series_instance_uid=uids.seg_series,
+            series_number=SEG_SERIES_NUMBER,
+            sop_instance_uid=uids.seg_instance,
+            instance_number=int(source_ds.get("InstanceNumber", 1) or 1),
+            manufacturer=MANUFACTURER,
+            manufacturer_model_name=segmenter.name[:64],
+            software_versions=[f"cxr-node {NODE_VERSION}", segmenter.version[:64]],  # type: ignore[arg-type]
+            device_serial_number=segmenter.device_uid,
+            content_description=content_description[:64],
+            content_creator_name="cxr-node^",  # family-name-only PN
+            content_label="LUNGS",
+            transfer_syntax_uid=JPEG2000Lossless,
+            pixel_measures=pixel_measures,
+            omit_empty_frames=False,
+            contributing_equipment=[contributing_equipment(segmenter)],
+            series_description=series_description[:64],
+            series_date=created.date(),
+            series_time=created.time(),
+            content_date=created.date(),
+            content_time=created.time(),
+        )
     if "PatientOrientation" in source_ds:
         seg.PatientOrientation = source_ds.PatientOrientation
     else:
