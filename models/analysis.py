@@ -8,7 +8,8 @@ For one radiograph the work is:
    the policy's active classifier (policies that share a classifier version are classified in one
    batch), derive No Finding (:func:`models.classifier.no_finding_score`), decide each finding with
    the operating thresholds stored with the classifier, and locate the findings at or above
-   threshold (class activation maps -> :class:`models.result.FindingRegion`).
+   threshold (class activation maps -> :class:`models.result.FindingRegion`). Probabilities and
+   activation maps come from one forward pass of the classifier.
 
 Failed segmentation
 -------------------
@@ -26,7 +27,8 @@ Timings
 (prompt encoder, mask decoder over the box refinement rounds, post-processing and the plausibility
 check) — these three are per image, shared by every policy of one call, and repeated in each
 result — then ``policy``, ``classifier`` and ``regions`` for that policy (a batched forward pass is
-split evenly among the policies it served).
+split evenly among the policies it served; ``regions`` is the turning of its activation maps into
+ellipses, no second forward pass).
 
 Example::
 
@@ -46,7 +48,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from models.classifier import decide, no_finding_score
+from models.classifier import decide, no_finding_score, regions_from_maps
 from models.labels import FINDINGS
 from models.loading import ModelBundle, load_models
 from models.policies import MaskPolicy, apply_policy, parse_policy
@@ -147,8 +149,10 @@ def analyze_policies(
         prepared[policy] = apply_policy(grey, segmentation.left, segmentation.right, policy, pixel_spacing_mm)
         policy_time[policy] = time.perf_counter() - start
 
-    # One batch per classifier version (policies that share a version share a forward pass).
+    # One batch per classifier version (policies that share a version share a forward pass); the
+    # same pass gives the probabilities and the class activation maps of the regions.
     probabilities: dict[str, np.ndarray] = {}
+    activation_maps: dict[str, np.ndarray] = {}
     classifier_time: dict[str, float] = {}
     groups: dict[str, list[str]] = {}
     for policy in prepared:
@@ -156,10 +160,11 @@ def analyze_policies(
     for members in groups.values():
         classifier = classifiers[members[0]][0]
         start = time.perf_counter()
-        batch = classifier.predict([prepared[p] for p in members])
+        batch, cams = classifier.predict_with_maps([prepared[p] for p in members])
         elapsed = time.perf_counter() - start
-        for row, policy in zip(batch, members):
+        for row, maps, policy in zip(batch, cams, members):
             probabilities[policy] = row
+            activation_maps[policy] = maps
             classifier_time[policy] = elapsed / len(members)
 
     results: list[AnalysisResult] = []
@@ -179,7 +184,10 @@ def analyze_policies(
             decisions = decide(probs, thresholds)
             positive = [label for label in FINDINGS if decisions[label]]
             start = time.perf_counter()
-            regions = classifier.finding_regions(prepared[policy], positive) if positive else {}
+            if positive:
+                regions = regions_from_maps(
+                    activation_maps[policy], classifier.labels, classifier.config.input_size, grey.shape, positive
+                )
             regions_time = time.perf_counter() - start
         else:
             logger.info("policy %s not classified: %s (%s)", policy, SKIP_REASON_SEGMENTATION_FAILED, segmentation.failure_reason)

@@ -20,10 +20,11 @@ from typing import Any, Sequence
 
 import torch
 
+from models.checkpoint import CheckpointError
 from models.classifier import ChestClassifier, ClassifierConfig
 from models.labels import LUNG_SIDES
 from models.policies import MaskPolicy, parse_policy
-from models.segmenter import LungSegmenter, SegmenterCheckpointError, build_segmenter, get_architecture
+from models.segmenter import LungSegmenter, build_segmenter, get_architecture
 from models.store import (
     DEMO_STORE_DIR,
     ROLE_CLASSIFIER,
@@ -65,7 +66,15 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def load_segmenter(version: ModelVersion, device: str | torch.device = "cpu") -> LungSegmenter:
-    """Build and load a segmenter version (sha256 checked, keys strict) on ``device``."""
+    """Build and load a segmenter version (sha256 checked, keys strict) on ``device``.
+
+    Raises
+    ------
+    ManifestError
+        Unknown architecture, or an input size that differs from the architecture's.
+    ModelIntegrityError
+        Damaged weights, or weights that do not fit the architecture (naming the keys and file).
+    """
     m = version.manifest
     if m.role != ROLE_SEGMENTER:
         raise ValueError(f"{version.ref} is a {m.role}, not a segmenter")
@@ -81,7 +90,7 @@ def load_segmenter(version: ModelVersion, device: str | torch.device = "cpu") ->
     version.verify()
     try:
         sam = build_segmenter(m.architecture, version.weights_path)
-    except SegmenterCheckpointError as error:
+    except CheckpointError as error:
         raise ModelIntegrityError(f"{error} (model {version.ref}); rebuild or re-import it") from error
     return LungSegmenter(sam, device=resolve_device(device))
 
@@ -112,13 +121,21 @@ def classifier_config(version: ModelVersion) -> ClassifierConfig:
 
 
 def load_classifier(version: ModelVersion, device: str | torch.device = "cpu") -> ChestClassifier:
-    """Build and load a classifier version (sha256 checked, keys strict) on ``device``."""
+    """Build and load a classifier version (sha256 checked, keys strict) on ``device``.
+
+    Raises
+    ------
+    ManifestError
+        The manifest does not describe a classifier this package can build.
+    ModelIntegrityError
+        Damaged weights, or weights that do not fit the architecture (naming the keys and file).
+    """
     if version.manifest.role != ROLE_CLASSIFIER:
         raise ValueError(f"{version.ref} is a {version.manifest.role}, not a classifier")
     config = classifier_config(version)
-    version.verify()
+    state = version.load_state_dict()  # sha256 checked, read on the CPU
     try:
-        return ChestClassifier.load(version.weights_path, config, device=resolve_device(device))
+        return ChestClassifier.from_state_dict(state, config, source=version.weights_path, device=resolve_device(device))
     except ValueError as error:
         raise ModelIntegrityError(f"{error} (model {version.ref}); rebuild or re-import it") from error
 
@@ -272,7 +289,7 @@ def import_medsam(
         raise FileNotFoundError(f"{checkpoint} does not exist; give the path of medsam_vit_b.pth")
     try:
         build_segmenter(MEDSAM_ARCHITECTURE, checkpoint)  # strict load: refuses foreign files early
-    except SegmenterCheckpointError as error:
+    except CheckpointError as error:
         raise ModelIntegrityError(str(error)) from error
     sha = sha256_file(checkpoint)
     version = version or f"{dt.datetime.now(dt.timezone.utc):%Y.%m.%d}-{sha[:8]}"

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from models.checkpoint import load_state_dict_strict, read_state_dict
 from models.classifier.backbones import DEFAULT_BACKBONE, build_backbone
 from models.labels import FINDINGS
 from models.policies import MaskPolicy, apply_policy, parse_policy
@@ -109,20 +110,26 @@ class ChestNet(nn.Module):
         """``(B, 1, S, S)`` in [0, 1] -> last convolutional features ``(B, C, h, w)``."""
         return self.features((x - self.mean) / self.std)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, 1, S, S)`` in [0, 1] -> logits ``(B, K)``."""
-        return self.head(self.feature_maps(x).mean(dim=(2, 3)))
+    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits ``(B, K)`` and the last feature map ``(B, C, h, w)`` of one forward pass.
 
-    def class_activation_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits ``(B, K)`` and class activation maps ``(B, K, h, w)``.
-
-        ``cam[b, k] = sum_c w[k, c] * f[b, c]``: the head's weights applied at every position of
-        the last feature map; its spatial mean plus the bias is exactly the logit.
+        The logits are exactly :meth:`forward`'s; the features give the class activation maps
+        (:meth:`class_activation_maps`) without running the backbone a second time.
         """
         feats = self.feature_maps(x)
-        cams = torch.einsum("kc,bchw->bkhw", self.head.weight.to(feats.dtype), feats)
-        logits = cams.mean(dim=(2, 3)) + self.head.bias.to(feats.dtype)
-        return logits, cams
+        return self.head(feats.mean(dim=(2, 3))), feats
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, 1, S, S)`` in [0, 1] -> logits ``(B, K)``."""
+        return self.forward_with_features(x)[0]
+
+    def class_activation_maps(self, feats: torch.Tensor) -> torch.Tensor:
+        """Class activation maps ``(B, K, h, w)`` of features ``(B, C, h, w)``.
+
+        ``cam[b, k] = sum_c w[k, c] * f[b, c]``: the head's weights applied at every position of
+        the last feature map (Zhou et al., CVPR 2016); its spatial mean plus the bias is the logit.
+        """
+        return torch.einsum("kc,bchw->bkhw", self.head.weight.to(feats.dtype), feats)
 
 
 def resize_images(
@@ -165,11 +172,6 @@ def resize_images(
             plane = F.interpolate(plane, size=(input_size, input_size), mode="bilinear", align_corners=False, antialias=True)
         out.append(plane)
     return torch.cat(out).float()
-
-
-def _head(items: list[str], n: int = 6) -> str:
-    """The first ``n`` items of a list, for error messages."""
-    return str(items[:n]) + (f" and {len(items) - n} more" if len(items) > n else "")
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
@@ -216,43 +218,54 @@ class ChestClassifier:
         config: ClassifierConfig | dict[str, object] | str | Path,
         device: str | torch.device | None = None,
     ) -> "ChestClassifier":
-        """Load weights (a ``ChestNet`` state dict) strictly, on the CPU first.
+        """Load weights (a ``ChestNet`` state dict file) strictly, on the CPU first.
 
         ``config`` is a :class:`ClassifierConfig`, its dict, or the path of its JSON file.
 
         Raises
         ------
+        FileNotFoundError
+            When ``weights_path`` does not exist.
         ValueError
-            When the weights do not fit the architecture: names the file and the missing and
-            unexpected keys.
+            :class:`models.checkpoint.CheckpointError` when the weights do not fit the
+            architecture (names the file and the missing and unexpected keys), or when their
+            normalisation differs from the config's.
         """
         if isinstance(config, (str, Path)):
             config = json.loads(Path(config).read_text())
         if isinstance(config, dict):
             config = ClassifierConfig.from_dict(config)
+        state = read_state_dict(Path(weights_path), kind="classifier")
+        return cls.from_state_dict(state, config, source=Path(weights_path), device=device)
+
+    @classmethod
+    def from_state_dict(
+        cls,
+        state: Mapping[str, torch.Tensor],
+        config: ClassifierConfig,
+        *,
+        source: Path,
+        device: str | torch.device | None = None,
+    ) -> "ChestClassifier":
+        """A classifier of ``config`` with ``state`` (read on the CPU) loaded strictly.
+
+        ``source`` is the file ``state`` was read from, named in errors. The normalisation
+        buffers saved with the weights must equal the config's ``mean`` and ``std``.
+
+        Raises
+        ------
+        ValueError
+            :class:`models.checkpoint.CheckpointError` for missing, unexpected or mis-shaped
+            keys; a plain ``ValueError`` for a normalisation that differs from the config's.
+        """
         net = ChestNet(config.architecture, len(config.labels), config.mean, config.std)
-        state = torch.load(Path(weights_path), map_location="cpu", weights_only=True)
-        if not isinstance(state, dict):
-            raise ValueError(f"{weights_path}: expected a state dict of a ChestNet, got {type(state).__name__}")
-        expected = net.state_dict()
-        missing = [k for k in expected if k not in state]
-        unexpected = [k for k in state if k not in expected]
-        mismatched = [
-            f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
-            for k, v in expected.items()
-            if k in state and tuple(state[k].shape) != tuple(v.shape)
-        ]
-        if missing or unexpected or mismatched:
-            raise ValueError(
-                f"{weights_path} does not fit a {config.architecture!r} classifier: "
-                f"missing keys {_head(missing)}, unexpected keys {_head(unexpected)}, "
-                f"shape mismatches {_head(mismatched)}"
-            )
-        net.load_state_dict(state, strict=True)
+        load_state_dict_strict(
+            net, state, source=source, target=f"a {config.architecture!r} classifier", kind="classifier"
+        )
         for key in ("mean", "std"):
             saved = float(state[key])
             if abs(saved - float(getattr(config, key))) > 1e-6:
-                raise ValueError(f"{weights_path}: normalisation {key}={saved} differs from the config's {getattr(config, key)}")
+                raise ValueError(f"{source}: normalisation {key}={saved} differs from the config's {getattr(config, key)}")
         return cls(net, config, device)
 
     @classmethod
@@ -300,6 +313,20 @@ class ChestClassifier:
     def _autocast(self) -> torch.autocast:
         return torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.device.type == "cuda")
 
+    def _forward(self, batch: torch.Tensor, batch_size: int, maps: bool) -> tuple[np.ndarray, list[torch.Tensor]]:
+        """Probabilities ``(B, K)`` and, when ``maps``, CAM chunks ``(b, K, h, w)`` of one forward pass."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1; got {batch_size}")
+        probs, cams = [], []
+        for start in range(0, batch.shape[0], batch_size):
+            chunk = batch[start : start + batch_size].to(self.device, non_blocking=True)
+            with self._autocast():
+                logits, feats = self.net.forward_with_features(chunk)
+                if maps:
+                    cams.append(self.net.class_activation_maps(feats).float().cpu())
+            probs.append(torch.sigmoid(logits.float()).cpu())
+        return torch.cat(probs).numpy().astype(np.float32), cams
+
     @torch.inference_mode()
     def predict(
         self,
@@ -318,28 +345,32 @@ class ChestClassifier:
         -------
         (B, K) float32 probabilities, columns in :attr:`labels` order.
         """
-        batch = resize_images(images, self.config.input_size)
-        out = []
-        for start in range(0, batch.shape[0], batch_size):
-            chunk = batch[start : start + batch_size].to(self.device, non_blocking=True)
-            with self._autocast():
-                logits = self.net(chunk)
-            out.append(torch.sigmoid(logits.float()).cpu())
-        return torch.cat(out).numpy().astype(np.float32)
+        probs, _ = self._forward(resize_images(images, self.config.input_size), batch_size, maps=False)
+        return probs
 
     @torch.inference_mode()
-    def activation_maps(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Probabilities ``(K,)`` and class activation maps ``(K, h, w)`` float32 of one image.
+    def predict_with_maps(
+        self,
+        images: Sequence[np.ndarray] | np.ndarray | torch.Tensor,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Finding probabilities and class activation maps from ONE forward pass.
 
-        ``image`` is (H, W) float32 in [0, 1], already masked by the policy. The maps lie on the
-        model's feature grid, which covers the whole source image (see
-        :func:`models.classifier.regions.finding_regions`).
+        Parameters
+        ----------
+        images, batch_size : as for :meth:`predict`.
+
+        Returns
+        -------
+        probs : (B, K) float32
+            Equal to :meth:`predict`'s.
+        cams : (B, K, h, w) float32
+            Class activation maps on the model's feature grid (``h = w = input_size / 32`` for the
+            ResNets), which covers the whole source image; turn them into regions with
+            :func:`models.classifier.regions.regions_from_maps`.
         """
-        batch = resize_images([image], self.config.input_size).to(self.device)
-        with self._autocast():
-            logits, cams = self.net.class_activation_maps(batch)
-        probs = torch.sigmoid(logits.float())[0].cpu().numpy().astype(np.float32)
-        return probs, cams.float()[0].cpu().numpy().astype(np.float32)
+        probs, cams = self._forward(resize_images(images, self.config.input_size), batch_size, maps=True)
+        return probs, torch.cat(cams).numpy().astype(np.float32)
 
     def finding_regions(
         self, image: np.ndarray, findings: Sequence[str] | None = None, fraction: float | None = None

@@ -1,7 +1,9 @@
 """Where a finding's evidence lies: class activation maps turned into ellipses.
 
-For one finding k, the class activation map (CAM) of :meth:`ChestNet.class_activation_maps`
-is upsampled (bilinear) from the feature grid ``(h, w)`` to the model input grid ``(S, S)``.
+For one finding k, the class activation map (CAM) of :meth:`ChestNet.class_activation_maps`,
+computed from the same forward pass as the probabilities
+(:meth:`ChestClassifier.predict_with_maps`), is upsampled (bilinear) from the feature grid
+``(h, w)`` to the model input grid ``(S, S)``.
 The region is the connected part of ``CAM >= fraction * max(CAM)`` that holds the peak; its
 ellipse has the region's centroid as centre and twice the standard deviation of its pixel
 coordinates along x and y as semi-axes (exact for a filled axis-aligned ellipse), at least one
@@ -69,21 +71,26 @@ def region_from_map(
     )
 
 
-def finding_regions(
-    classifier: "ChestClassifier",
-    image: np.ndarray,
+def regions_from_maps(
+    cams: np.ndarray,
+    labels: Sequence[str],
+    input_size: int,
+    source_shape: tuple[int, int],
     findings: Sequence[str] | None = None,
     fraction: float = DEFAULT_REGION_FRACTION,
 ) -> dict[str, FindingRegion]:
-    """One :class:`~models.result.FindingRegion` per requested finding.
+    """One :class:`~models.result.FindingRegion` per requested finding, from one image's CAMs.
 
     Parameters
     ----------
-    classifier : ChestClassifier
-    image : (H, W) float32 in [0, 1]
-        The image as the classifier sees it (already masked by its policy).
-    findings : labels to locate; default all of the classifier's labels. The caller usually
-        passes the findings above their thresholds.
+    cams : (K, h, w) float32
+        Class activation maps of one image on the feature grid, in ``labels`` order (a row of
+        :meth:`ChestClassifier.predict_with_maps`'s maps).
+    labels : the classifier's labels, in output order.
+    input_size : side ``S`` of the model input the maps are upsampled to (bilinear).
+    source_shape : (H, W) of the image the model input was resized from.
+    findings : labels to locate; default all of ``labels``. The caller usually passes the
+        findings above their thresholds.
     fraction : float
         See :func:`region_from_map`.
 
@@ -91,15 +98,40 @@ def finding_regions(
     -------
     dict finding -> FindingRegion (centre and semi-axes in source pixels, x = column, y = row).
     """
-    labels = classifier.labels
     wanted = list(labels) if findings is None else list(findings)
     unknown = [f for f in wanted if f not in labels]
     if unknown:
-        raise ValueError(f"unknown findings {unknown}; the classifier scores {labels}")
+        raise ValueError(f"unknown findings {unknown}; the classifier scores {list(labels)}")
+    cams = np.asarray(cams, dtype=np.float32)
+    if cams.ndim != 3 or cams.shape[0] != len(labels):
+        raise ValueError(f"activation maps must be (K, h, w) with K = {len(labels)} labels; got shape {cams.shape}")
     if not wanted:
         return {}
-    _, cams = classifier.activation_maps(image)
-    size = classifier.config.input_size
+    size = int(input_size)
     up = F.interpolate(torch.from_numpy(cams)[None], size=(size, size), mode="bilinear", align_corners=False)[0].numpy()
-    shape = (int(image.shape[0]), int(image.shape[1]))
-    return {f: region_from_map(up[labels.index(f)], shape, fraction) for f in wanted}
+    shape = (int(source_shape[0]), int(source_shape[1]))
+    return {f: region_from_map(up[list(labels).index(f)], shape, fraction) for f in wanted}
+
+
+def finding_regions(
+    classifier: "ChestClassifier",
+    image: np.ndarray,
+    findings: Sequence[str] | None = None,
+    fraction: float = DEFAULT_REGION_FRACTION,
+) -> dict[str, FindingRegion]:
+    """Regions of one image by its own forward pass (:func:`regions_from_maps` of its CAMs).
+
+    Parameters
+    ----------
+    classifier : ChestClassifier
+    image : (H, W) float32 in [0, 1]
+        The image as the classifier sees it (already masked by its policy).
+    findings, fraction : see :func:`regions_from_maps`.
+
+    When the probabilities are needed too, call :meth:`ChestClassifier.predict_with_maps` once
+    and :func:`regions_from_maps` on its maps, as :func:`models.analyze` does.
+    """
+    _, cams = classifier.predict_with_maps([image])
+    return regions_from_maps(
+        cams[0], classifier.labels, classifier.config.input_size, (int(image.shape[0]), int(image.shape[1])), findings, fraction
+    )

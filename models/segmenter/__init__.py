@@ -6,13 +6,14 @@ Typical use::
 
     sam = build_segmenter("sam_vit_b", Path("medsam_vit_b.pth"))  # strict, keys unchanged
     result = LungSegmenter(sam, device="cpu").segment(image)  # (H, W) float32 in [0, 1]
+
+A checkpoint that does not fit its architecture raises :class:`models.checkpoint.CheckpointError`.
 """
 
 from models.segmenter.predictor import LungSegmenter
 from models.segmenter.registry import (
     SEGMENTER_ARCHITECTURES,
     SamArchitecture,
-    SegmenterCheckpointError,
     build_segmenter,
     get_architecture,
 )
@@ -21,7 +22,6 @@ __all__ = [
     "SEGMENTER_ARCHITECTURES",
     "LungSegmenter",
     "SamArchitecture",
-    "SegmenterCheckpointError",
     "build_segmenter",
     "get_architecture",
 ]

@@ -23,14 +23,12 @@ import torch
 from segment_anything import sam_model_registry
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
+from models.checkpoint import load_checkpoint_strict
+
 logger = logging.getLogger(__name__)
 
 #: SAM's patch size; the image embedding is ``image_size / PATCH_SIZE`` on a side.
 PATCH_SIZE = 16
-
-#: How many missing/unexpected keys an error message lists before it says "and N more".
-_KEYS_SHOWN = 12
-
 
 @dataclass(frozen=True)
 class SamArchitecture:
@@ -74,11 +72,6 @@ class SamArchitecture:
         """Side of the image embedding grid (``image_size / 16``)."""
         return self.image_size // PATCH_SIZE
 
-    @property
-    def low_res_size(self) -> int:
-        """Side of the decoder's low-resolution mask logits (``image_size / 4``)."""
-        return self.embedding_size * 4
-
 
 #: Every segmenter architecture the node can build, by name.
 SEGMENTER_ARCHITECTURES: dict[str, SamArchitecture] = {
@@ -117,10 +110,6 @@ SEGMENTER_ARCHITECTURES: dict[str, SamArchitecture] = {
         window_size=14,
     ),
 }
-
-
-class SegmenterCheckpointError(ValueError):
-    """A checkpoint does not match the architecture it is loaded into."""
 
 
 def get_architecture(name: str) -> SamArchitecture:
@@ -171,62 +160,6 @@ def _build_from_parts(arch: SamArchitecture) -> Sam:
     )
 
 
-def _list_keys(keys: list[str]) -> str:
-    shown = ", ".join(keys[:_KEYS_SHOWN])
-    more = len(keys) - _KEYS_SHOWN
-    return shown + (f" ... and {more} more" if more > 0 else "")
-
-
-def load_state_dict_strict(sam: Sam, checkpoint: Path, *, architecture: str = "") -> None:
-    """Load a plain state dict file into ``sam`` strictly, keys unchanged.
-
-    Raises
-    ------
-    FileNotFoundError
-        When ``checkpoint`` does not exist.
-    SegmenterCheckpointError
-        When the file is not a plain state dict, or its keys or tensor shapes differ from the
-        network's; the message names the file and the missing, unexpected or mis-shaped keys.
-    """
-    checkpoint = Path(checkpoint)
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f"segmenter checkpoint {checkpoint} does not exist")
-    try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for damaged or foreign files
-        raise SegmenterCheckpointError(
-            f"segmenter checkpoint {checkpoint} could not be read as a torch state dict: {exc}"
-        ) from exc
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise SegmenterCheckpointError(
-            f"segmenter checkpoint {checkpoint} is not a plain state dict (name -> tensor), as "
-            "medsam_vit_b.pth is; export the model's state_dict() (training checkpoints hold more)"
-        )
-    expected = sam.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mis_shaped = sorted(
-        f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
-    )
-    if missing or unexpected or mis_shaped:
-        target = architecture or type(sam).__name__
-        parts = []
-        if missing:
-            parts.append(f"missing keys ({len(missing)}): {_list_keys(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys ({len(unexpected)}): {_list_keys(unexpected)}")
-        if mis_shaped:
-            parts.append(f"shape mismatches ({len(mis_shaped)}): {_list_keys(mis_shaped)}")
-        raise SegmenterCheckpointError(
-            f"segmenter checkpoint {checkpoint} does not fit architecture {target!r}: "
-            + "; ".join(parts)
-            + ". Keys are loaded unchanged: pick the architecture the checkpoint was saved from."
-        )
-    sam.load_state_dict(state, strict=True)
-
-
 def build_segmenter(architecture: str, checkpoint: Path | None = None) -> Sam:
     """Build a registered SAM-architecture segmenter on the CPU, optionally with weights.
 
@@ -235,14 +168,25 @@ def build_segmenter(architecture: str, checkpoint: Path | None = None) -> Sam:
     architecture:
         A key of :data:`SEGMENTER_ARCHITECTURES`, e.g. ``"sam_vit_b"`` or ``"sam_tiny"``.
     checkpoint:
-        A plain state dict file (``torch.save(model.state_dict(), path)``), loaded strictly with
-        keys unchanged; ``None`` keeps the random initialisation.
+        A plain state dict file (``torch.save(model.state_dict(), path)``), read on the CPU and
+        loaded strictly with keys unchanged (:func:`models.checkpoint.load_checkpoint_strict`);
+        ``None`` keeps the random initialisation.
 
     Returns
     -------
     segment_anything.modeling.Sam
         On the CPU, in eval mode. Inference bypasses ``Sam.preprocess`` (MedSAM feeds the image
         encoder a ``[0, 1]`` tensor, no ImageNet mean/std): see :mod:`models.segmenter.transforms`.
+
+    Raises
+    ------
+    ValueError
+        An unknown architecture name (the message lists the known ones).
+    FileNotFoundError
+        ``checkpoint`` does not exist.
+    models.checkpoint.CheckpointError
+        The file is not a plain state dict, or its keys or tensor shapes differ from the network's;
+        the message names the file and the missing, unexpected or mis-shaped keys.
     """
     arch = get_architecture(architecture)
     if arch.official_key is not None:
@@ -250,7 +194,7 @@ def build_segmenter(architecture: str, checkpoint: Path | None = None) -> Sam:
     else:
         sam = _build_from_parts(arch)
     if checkpoint is not None:
-        load_state_dict_strict(sam, Path(checkpoint), architecture=arch.name)
+        load_checkpoint_strict(sam, Path(checkpoint), target=f"architecture {arch.name!r}", kind="segmenter")
         logger.info("loaded segmenter %s from %s", arch.name, checkpoint)
     sam.eval()
     return sam

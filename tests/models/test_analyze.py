@@ -12,6 +12,7 @@ import torch
 import models
 from models.analysis import STAGES, classifier_skipped
 from models.labels import FINDINGS
+from models.policies import apply_policy
 from models.loading import MEDSAM_WEIGHTS_FILENAME, ModelBundle, import_medsam, load_models
 from models.segmenter import build_segmenter
 from models.store import ModelStore, sha256_file
@@ -146,3 +147,41 @@ def test_a_medsam_vit_b_checkpoint_of_the_official_layout_imports_and_runs_end_t
     _check_sane(original, phantom.image)
     # random weights: whatever the masks are, a rejected segmentation skips the masked policy
     assert classifier_skipped(loose) == (not loose.segmentation.ok)
+
+
+def test_probabilities_and_regions_come_from_one_classifier_pass_and_equal_the_two_pass_results(
+    demo_bundle: ModelBundle,
+) -> None:
+    phantom = generate_phantom(PHANTOM_SIZE, seed=HELD_OUT_SEEDS[0])
+    policies = ["original", "loose", "tight"]
+    passes: dict[str, int] = {}
+    handles = []
+    for policy in policies:
+        classifier, _ = demo_bundle.classifier_for(policy)
+
+        def hook(module, args, output, policy=policy):  # noqa: ANN001 - torch hook signature
+            passes[policy] = passes.get(policy, 0) + 1
+
+        handles.append(classifier.net.features.register_forward_hook(hook))
+    try:
+        results = models.analyze_policies(phantom.image, phantom.pixel_spacing_mm, policies, bundle=demo_bundle)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert passes == {policy: 1 for policy in policies}
+    located = 0
+    for result in results:
+        classifier, _ = demo_bundle.classifier_for(result.policy)
+        seg = result.segmentation
+        prepared = apply_policy(phantom.image, seg.left, seg.right, result.policy, phantom.pixel_spacing_mm)
+        # the two-pass way: probabilities from predict(), then regions from a second forward pass
+        expected = dict(zip(classifier.labels, classifier.predict([prepared])[0]))
+        assert result.probabilities == {label: float(expected[label]) for label in FINDINGS}
+        positive = [label for label in FINDINGS if result.decisions[label]]
+        second_pass = classifier.finding_regions(prepared, positive) if positive else {}
+        assert set(result.regions) == set(second_pass)
+        for label, region in result.regions.items():
+            assert region.center_xy == pytest.approx(second_pass[label].center_xy, abs=1e-3)
+            assert region.semi_axes_xy == pytest.approx(second_pass[label].semi_axes_xy, abs=1e-3)
+        located += len(positive)
+    assert located > 0, "no finding above threshold: the regions were not compared"

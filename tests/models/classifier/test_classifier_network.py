@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from models.checkpoint import CheckpointError
 from models.classifier import BACKBONES, ChestClassifier, ChestNet, ClassifierConfig, build_backbone, resize_images
 from models.labels import FINDINGS
 from tests.support.torch_threads import one_torch_thread  # noqa: F401 (fixture)
@@ -43,9 +44,26 @@ def test_class_activation_maps_average_to_the_logits():
     net = ChestNet("cxr_tiny").eval()
     x = torch.rand(2, 1, 64, 64)
     with torch.no_grad():
-        logits, cams = net.class_activation_maps(x)
-        torch.testing.assert_close(logits, net(x), rtol=1e-4, atol=1e-5)
+        logits, feats = net.forward_with_features(x)
+        cams = net.class_activation_maps(feats)
+        assert torch.equal(logits, net(x))
+        torch.testing.assert_close(cams.mean(dim=(2, 3)) + net.head.bias, logits, rtol=1e-4, atol=1e-5)
     assert cams.shape == (2, len(FINDINGS), 8, 8)
+
+
+def test_probabilities_with_maps_equal_the_plain_forward_pass_and_the_two_pass_maps():
+    torch.manual_seed(0)
+    classifier = ChestClassifier.build(ClassifierConfig(architecture="cxr_tiny", input_size=64), device="cpu")
+    images = [np.random.default_rng(i).random((90, 70), dtype=np.float32) for i in range(3)]
+    probs, cams = classifier.predict_with_maps(images, batch_size=2)
+    np.testing.assert_array_equal(probs, classifier.predict(images, batch_size=2))
+    assert cams.shape == (3, len(FINDINGS), 8, 8) and cams.dtype == np.float32
+    for image, maps in zip(images, cams):
+        # what the maps were before: a second pass of the backbone over the image alone
+        with torch.no_grad():
+            feats = classifier.net.feature_maps(resize_images([image], 64))
+            separate = torch.einsum("kc,bchw->bkhw", classifier.net.head.weight, feats)[0].numpy()
+        np.testing.assert_allclose(maps, separate, rtol=1e-5, atol=1e-6)
 
 
 def test_list_and_tensor_inputs_give_the_same_probabilities_in_any_batch_size():
@@ -73,8 +91,9 @@ def test_save_and_load_round_trip_and_refuse_a_mismatched_checkpoint(tmp_path):
     np.testing.assert_allclose(loaded.predict([image]), classifier.predict([image]), atol=1e-6)
     other = ChestClassifier.build(ClassifierConfig(architecture="resnet18", input_size=64), device="cpu")
     other.save(tmp_path / "r18")
-    with pytest.raises(ValueError, match=r"r18/weights.pt does not fit a 'cxr_tiny' classifier: missing keys"):
+    with pytest.raises(CheckpointError, match=r"r18/weights.pt does not fit a 'cxr_tiny' classifier: missing keys") as error:
         ChestClassifier.load(tmp_path / "r18" / "weights.pt", config, device="cpu")
+    assert "unexpected keys" in str(error.value)
 
 
 def test_config_refuses_wrong_labels_and_unknown_policy():

@@ -7,7 +7,8 @@ import pytest
 import torch
 from segment_anything import sam_model_registry
 
-from models.segmenter import SEGMENTER_ARCHITECTURES, SegmenterCheckpointError, build_segmenter, get_architecture
+from models.checkpoint import CheckpointError
+from models.segmenter import SEGMENTER_ARCHITECTURES, build_segmenter, get_architecture
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def test_official_vit_b_layout_checkpoint_loads_strictly_with_keys_unchanged(off
                 "mask_decoder.iou_prediction_head.layers.2.bias", "prompt_encoder.point_embeddings.0.weight"):
         assert torch.equal(loaded[key], official_vit_b_state[key]), key
     parameters = sum(p.numel() for p in sam.parameters())
-    assert 93.5e6 < parameters < 93.9e6  # FACTS: 93.7 M
+    assert 93.5e6 < parameters < 93.9e6  # MedSAM's sam_model_registry["vit_b"] has 93.7 M
     assert sam.image_encoder.img_size == 1024
     assert not sam.training
 
@@ -45,7 +46,7 @@ def test_checkpoint_with_a_renamed_key_is_refused_naming_the_keys_and_the_file(o
     path = tmp_path / "renamed.pth"
     torch.save(renamed, path)
 
-    with pytest.raises(SegmenterCheckpointError) as error:
+    with pytest.raises(CheckpointError) as error:
         build_segmenter("sam_vit_b", path)
 
     message = str(error.value)
@@ -58,7 +59,7 @@ def test_checkpoint_of_another_architecture_is_refused_with_shape_mismatches(tmp
     path = tmp_path / "tiny.pt"
     torch.save(build_segmenter("sam_tiny").state_dict(), path)
 
-    with pytest.raises(SegmenterCheckpointError, match="does not fit architecture 'sam_small'") as error:
+    with pytest.raises(CheckpointError, match="does not fit architecture 'sam_small'") as error:
         build_segmenter("sam_small", path)
     assert "shape mismatches" in str(error.value)
 
@@ -67,7 +68,7 @@ def test_training_checkpoint_instead_of_a_plain_state_dict_is_refused(tmp_path):
     path = tmp_path / "checkpoint.pt"
     torch.save({"model": build_segmenter("sam_tiny").state_dict(), "step": 3}, path)
 
-    with pytest.raises(SegmenterCheckpointError, match="not a plain state dict"):
+    with pytest.raises(CheckpointError, match="not a plain state dict"):
         build_segmenter("sam_tiny", path)
 
 
@@ -77,7 +78,7 @@ def test_damaged_weights_file_is_refused(tmp_path):
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
 
-    with pytest.raises(SegmenterCheckpointError, match="could not be read"):
+    with pytest.raises(CheckpointError, match="could not be read"):
         build_segmenter("sam_tiny", path)
 
 
@@ -91,7 +92,7 @@ def test_missing_checkpoint_file_and_unknown_architecture_are_explained(tmp_path
 def test_official_architecture_entry_matches_vit_b():
     arch = SEGMENTER_ARCHITECTURES["sam_vit_b"]
     assert (arch.official_key, arch.image_size, arch.encoder_embed_dim, arch.encoder_depth) == ("vit_b", 1024, 768, 12)
-    assert (arch.embedding_size, arch.low_res_size) == (64, 256)
+    assert arch.embedding_size == 64
 
 
 @pytest.mark.parametrize("name", ["sam_tiny", "sam_small"])
@@ -100,5 +101,13 @@ def test_small_architectures_keep_sam_geometry(name):
     sam = build_segmenter(name)
     with torch.inference_mode():
         embedding = sam.image_encoder(torch.rand(1, 3, arch.image_size, arch.image_size))
+        sparse, dense = sam.prompt_encoder(points=None, boxes=torch.tensor([[8.0, 8.0, 40.0, 40.0]]), masks=None)
+        low_res_logits, _ = sam.mask_decoder(
+            image_embeddings=embedding,
+            image_pe=sam.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+        )
     assert tuple(embedding.shape) == (1, arch.prompt_embed_dim, arch.embedding_size, arch.embedding_size)
-    assert arch.low_res_size == arch.image_size // 4
+    assert tuple(low_res_logits.shape) == (1, 1, arch.image_size // 4, arch.image_size // 4)
