@@ -106,11 +106,6 @@ def effective_pixel_spacing(
     return (row, col)
 
 
-def margin_in_pixels(margin_mm: float, pixel_spacing_mm: tuple[float, float]) -> tuple[float, float]:
-    """A margin in millimetres as (rows, columns) of pixels for the given spacing."""
-    return (margin_mm / pixel_spacing_mm[0], margin_mm / pixel_spacing_mm[1])
-
-
 def dilate_mm(mask: np.ndarray, margin_mm: float, pixel_spacing_mm: tuple[float, float]) -> np.ndarray:
     """Grow a mask by ``margin_mm`` (a disk in millimetres; an ellipse in anisotropic pixels).
 

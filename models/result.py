@@ -48,13 +48,6 @@ class LungSegmentation:
     ok: bool = True
     failure_reason: str | None = None
 
-    def area_mm2(self, pixel_spacing_mm: tuple[float, float] | None) -> dict[str, float | None]:
-        """Area of each lung in mm² (``None`` when the pixel spacing is unknown)."""
-        if pixel_spacing_mm is None:
-            return {"left": None, "right": None}
-        pixel_area = float(pixel_spacing_mm[0]) * float(pixel_spacing_mm[1])
-        return {"left": float(self.left.sum()) * pixel_area, "right": float(self.right.sum()) * pixel_area}
-
 
 @dataclass(frozen=True)
 class FindingRegion:

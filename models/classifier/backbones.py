@@ -124,10 +124,3 @@ def build_backbone(name: str) -> Backbone:
     except KeyError:
         raise ValueError(f"unknown classifier backbone {name!r}; choose one of: {', '.join(BACKBONES)}") from None
     return builder()
-
-
-def count_parameters(module: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
-
-
