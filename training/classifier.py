@@ -22,7 +22,6 @@ import hashlib
 import json
 import logging
 import math
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -36,9 +35,11 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from tqdm.auto import tqdm
 
 from models.classifier.network import ChestClassifier, ChestNet, ClassifierConfig, pick_device, resize_images
-from models.classifier.scoring import no_finding_score, select_thresholds
-from models.labels import FINDINGS, NO_FINDING
+from models.classifier.scoring import select_thresholds
+from models.labels import FINDINGS
 from models.policies import apply_policy, describe_policy, parse_policy
+from training.evaluation import classification_metrics
+from training.seeding import seed_everything
 
 logger = logging.getLogger(__name__)
 
@@ -196,48 +197,6 @@ def materialize(dataset: Dataset, *, progress: bool = True, desc: str = "prepari
 
 
 # ----------------------------------------------------------------------------------------------
-# metrics
-
-
-def auroc_per_label(y_true: np.ndarray, y_score: np.ndarray, labels: Sequence[str] = FINDINGS) -> dict[str, float | None]:
-    """ROC AUC per label; ``None`` where the labels hold only one class."""
-    from sklearn.metrics import roc_auc_score
-
-    out: dict[str, float | None] = {}
-    for k, name in enumerate(labels):
-        column = y_true[:, k]
-        out[name] = None if len(np.unique(column)) < 2 else float(roc_auc_score(column, y_score[:, k]))
-    return out
-
-
-def classification_metrics(y_true: np.ndarray, y_score: np.ndarray) -> dict[str, Any]:
-    """Per-label AUROC, their macro mean, and the No Finding AUROC of the derived score.
-
-    Parameters
-    ----------
-    y_true : (N, K) {0, 1}; y_score : (N, K) probabilities, K = len(FINDINGS).
-    """
-    y_true = np.asarray(y_true, dtype=np.float64)
-    y_score = np.asarray(y_score, dtype=np.float64)
-    per_label = auroc_per_label(y_true, y_score)
-    defined = [v for v in per_label.values() if v is not None]
-    normal = (y_true.sum(axis=1) == 0).astype(int)
-    nf_auc = None
-    if len(np.unique(normal)) == 2:
-        from sklearn.metrics import roc_auc_score
-
-        nf_auc = float(roc_auc_score(normal, no_finding_score(y_score)))
-    return {
-        "auroc": per_label,
-        "macro_auroc": float(np.mean(defined)) if defined else None,
-        "no_finding_auroc": nf_auc,
-        "count": int(len(y_true)),
-        "positives": {name: int(y_true[:, k].sum()) for k, name in enumerate(FINDINGS)},
-        NO_FINDING: int(normal.sum()),
-    }
-
-
-# ----------------------------------------------------------------------------------------------
 # the loop
 
 
@@ -278,13 +237,6 @@ class TrainResult:
     steps: int
     epochs_run: int  # epochs run by this call (0 when resuming a finished run)
     seconds: float
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def _augment(x: torch.Tensor, generator: torch.Generator, max_shift: int) -> torch.Tensor:

@@ -1,6 +1,9 @@
 """Evaluation: AUROC with bootstrap confidence intervals, lung Dice, ROC curves, JSON reports.
 
-- :func:`auroc_ci`: one label's AUROC (``sklearn.metrics.roc_auc_score``) with a seeded
+- :func:`auroc`: one label's AUROC, the single place ``sklearn.metrics.roc_auc_score`` is called;
+  :func:`classification_metrics`: per-label, macro and No Finding AUROC without intervals (cheap
+  enough for every validation epoch of a training loop).
+- :func:`auroc_ci`: one label's AUROC (:func:`auroc`) with a seeded
   percentile bootstrap interval (images resampled with replacement; resamples that hold a single
   class are skipped and counted).
 - :func:`classification_report`: per-label AUROC with intervals, the macro AUROC (mean over the
@@ -86,6 +89,56 @@ def _single_class_reason(n_pos: int, n_neg: int) -> str | None:
     if n_neg == 0:
         return f"only positive cases (0 negatives among {n_pos}): AUROC is undefined"
     return None
+
+
+def auroc(y_true: Sequence[int] | np.ndarray, y_score: Sequence[float] | np.ndarray) -> float | None:
+    """ROC AUC of one label (ties count one half); ``None`` where the truth holds a single class.
+
+    Parameters
+    ----------
+    y_true : ``(N,)`` 0/1 (or bool) ground truth
+    y_score : ``(N,)`` finite scores, higher = more likely positive
+    """
+    y = _check_binary(np.ravel(y_true))
+    s = _check_scores(np.ravel(y_score))
+    if y.shape != s.shape:
+        raise ValueError(f"y_true and y_score must have the same length; got {y.shape[0]} and {s.shape[0]}")
+    if len(np.unique(y)) < 2:
+        return None
+    return float(roc_auc_score(y, s))
+
+
+def classification_metrics(y_true: np.ndarray, y_score: np.ndarray) -> dict[str, Any]:
+    """Per-label AUROC, their macro mean, and the No Finding AUROC of the derived score; no intervals.
+
+    The training loops measure every validation epoch and the held-out test set with this; the
+    keys are the ones model manifests carry (``test.macro_auroc``, ``test.auroc.Mass``, ...).
+
+    Parameters
+    ----------
+    y_true : ``(N, K)`` {0, 1}, K = len(FINDINGS), columns in FINDINGS order
+    y_score : ``(N, K)`` probabilities in [0, 1]
+
+    Returns
+    -------
+    dict with ``auroc`` (label -> AUROC or ``None`` for a single-class label), ``macro_auroc``
+    (mean over the defined labels, or ``None``), ``no_finding_auroc`` (of
+    :func:`models.classifier.scoring.no_finding_score`, or ``None``), ``count``, ``positives``
+    (label -> positives) and the No Finding count under its label name.
+    """
+    y_true = np.asarray(y_true, dtype=np.float64)
+    y_score = np.asarray(y_score, dtype=np.float64)
+    per_label = {name: auroc(y_true[:, k], y_score[:, k]) for k, name in enumerate(FINDINGS)}
+    defined = [v for v in per_label.values() if v is not None]
+    normal = (y_true.sum(axis=1) == 0).astype(int)
+    return {
+        "auroc": per_label,
+        "macro_auroc": float(np.mean(defined)) if defined else None,
+        "no_finding_auroc": auroc(normal, _default_no_finding_scores(y_score)),
+        "count": int(len(y_true)),
+        "positives": {name: int(y_true[:, k].sum()) for k, name in enumerate(FINDINGS)},
+        NO_FINDING: int(normal.sum()),
+    }
 
 
 def bootstrap_indices(n: int, n_bootstrap: int, seed: int) -> np.ndarray:
@@ -180,7 +233,7 @@ def _auroc_and_resamples(
     reason = _single_class_reason(n_pos, n_neg)
     if reason is not None:
         return AurocEstimate(None, None, None, n_pos, n_neg, 0, confidence, reason), np.zeros(0)
-    auc = float(roc_auc_score(y, s))
+    auc = auroc(y, s)
     if indices is None:
         indices = bootstrap_indices(y.size, n_bootstrap, seed) if n_bootstrap else np.zeros((0, y.size), int)
     boots = bootstrap_aurocs(y, s, indices)
@@ -389,7 +442,7 @@ def plot_roc_curves(
         entry = None
         if report is not None:
             entry = report["no_finding"] if name == NO_FINDING else report["labels"].get(name)
-        auc = entry["auroc"] if entry else float(roc_auc_score(y, s))
+        auc = entry["auroc"] if entry else auroc(y, s)
         text = f"{name}: {auc:.3f}"
         if entry and entry.get("ci_low") is not None:
             text += f" [{entry['ci_low']:.3f}, {entry['ci_high']:.3f}]"

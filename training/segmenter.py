@@ -1,6 +1,6 @@
 """Fine-tuning of the SAM-architecture lung segmenter, the MedSAM recipe, and the demo segmenter.
 
-The recipe (MedSAM, see ``../shared/FACTS.md``):
+The recipe is the one the official MedSAM code fine-tunes with:
 
 - the prompt encoder is frozen; the image encoder and mask decoder train;
 - loss = Dice (on sigmoid probabilities, squared denominator) + binary cross-entropy, on the
@@ -28,7 +28,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -45,6 +44,8 @@ from models.segmenter import LungSegmenter, build_segmenter, get_architecture
 from models.segmenter.boxes import default_boxes, mask_bounding_box
 from models.segmenter.predictor import SIDES
 from models.segmenter.transforms import preprocess_image
+from training.evaluation import dice
+from training.seeding import seed_everything
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,10 @@ MEDSAM_REFERENCE_SIZE = 1024
 CHECKPOINT_NAME = "checkpoint.pt"
 WEIGHTS_NAME = "weights.pt"
 REPORT_NAME = "training.json"
+
+#: The Dice coefficient of two masks, :func:`training.evaluation.dice`, under the name that
+#: segmentation tests import from here.
+dice_score = dice
 
 #: Phantom size used for the demo segmenter's training and held-out evaluation.
 DEMO_PHANTOM_SIZE = 256
@@ -84,23 +89,6 @@ class SegmenterTrainingConfig:
     seed: int = 0
     device: str = "cpu"
     threads: int | None = None
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, numpy and torch (CPU and CUDA)."""
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
-def dice_score(prediction: np.ndarray, truth: np.ndarray) -> float:
-    """Dice coefficient of two ``(H, W)`` bool masks (1.0 when both are empty)."""
-    prediction = np.asarray(prediction, dtype=bool)
-    truth = np.asarray(truth, dtype=bool)
-    total = prediction.sum() + truth.sum()
-    if total == 0:
-        return 1.0
-    return float(2.0 * np.logical_and(prediction, truth).sum() / total)
 
 
 def source_from_sequence(examples: Sequence[Example]) -> SampleSource:
@@ -393,8 +381,8 @@ def evaluate_segmenter(segmenter: LungSegmenter, examples: Sequence[Example]) ->
     for image, left, right in examples:
         result = segmenter.segment(image)
         failures += int(not result.ok)
-        dices["left"].append(dice_score(result.left, left))
-        dices["right"].append(dice_score(result.right, right))
+        dices["left"].append(dice(result.left, left))
+        dices["right"].append(dice(result.right, right))
     return {
         "mean_dice_left": float(np.mean(dices["left"])),
         "mean_dice_right": float(np.mean(dices["right"])),
