@@ -32,7 +32,7 @@ from models.store.manifest import (
     read_manifest,
 )
 from models.store.versions import ModelVersion
-from models.store.writing import atomic_write_text, copy_version, json_text
+from models.store.writing import atomic_write_text, json_text
 
 logger = logging.getLogger(__name__)
 
@@ -198,20 +198,6 @@ class ModelStore:
                 "CXR_NODE_DATA_DIR"
             )
         return self.root
-
-    def register(self, folder: Path) -> ModelVersion:
-        """Copy a version folder (manifest, weights, card) into the writable root after checking it.
-
-        The manifest is validated and the weights' sha256 verified before anything is copied; an
-        existing ``name:version`` is refused (versions are immutable).
-        """
-        source = ModelVersion(read_manifest(Path(folder)), Path(folder))
-        source.verify()
-        final = copy_version(source, self._writable_root())
-        registered = ModelVersion(read_manifest(final), final)
-        registered.verify()
-        logger.info("registered model version %s at %s", registered.ref, final)
-        return registered
 
     def promote(self, role: str, ref: str, policy: str | None = None) -> ModelVersion:
         """Make ``ref`` the active version of ``role`` (for classifiers: of its policy).

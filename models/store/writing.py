@@ -243,27 +243,3 @@ def write_version(
         (staging / MODEL_CARD_FILENAME).write_text(render_model_card(manifest), encoding="utf-8")
     logger.info("wrote model version %s (%s) at %s", manifest.ref, role, final)
     return ModelVersion(manifest, final)
-
-
-def copy_version(source: ModelVersion, root: Path) -> Path:
-    """Copy a checked version folder (weights, manifest, card) into ``root/role/name/version``.
-
-    The files are copied byte for byte (the manifest keeps its sha256 and Device UID); a folder
-    without a model card gets one rendered from its manifest. Returns the new folder.
-
-    Raises
-    ------
-    ModelStoreError
-        The version exists in ``root`` (versions are immutable).
-    """
-    m = source.manifest
-    final = Path(root) / m.role / m.name / m.version
-    with staged_folder(final) as staging:
-        for name in (m.weights_file, MANIFEST_FILENAME):
-            shutil.copyfile(source.folder / name, staging / name)
-        card = source.folder / MODEL_CARD_FILENAME
-        if card.is_file():
-            shutil.copyfile(card, staging / MODEL_CARD_FILENAME)
-        else:
-            (staging / MODEL_CARD_FILENAME).write_text(render_model_card(m), encoding="utf-8")
-    return final

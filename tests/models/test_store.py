@@ -73,15 +73,13 @@ def _write_segmenter(root: Path, version: str, seed: int = 0):
     )
 
 
-def test_store_round_trip_register_list_promote_load(tmp_path: Path) -> None:
-    staging = tmp_path / "staging"
-    built = _write_classifier(staging, "v1")
-    assert (built.folder / MODEL_CARD_FILENAME).read_text().count("NOT FOR CLINICAL USE") == 1
-
+def test_store_round_trip_write_list_promote_load(tmp_path: Path) -> None:
     store = ModelStore(tmp_path / "store", fallback=None)
-    registered = store.register(built.folder)
+    built = _write_classifier(store.root, "v1")
+    assert (built.folder / MODEL_CARD_FILENAME).read_text().count("NOT FOR CLINICAL USE") == 1
     _write_segmenter(store.root, "v1")
-    assert registered.folder == tmp_path / "store" / "classifier" / "tiny_linear" / "v1"
+    assert built.folder == tmp_path / "store" / "classifier" / "tiny_linear" / "v1"
+    assert [p.name for p in built.folder.parent.iterdir()] == ["v1"]  # no staging folder left
     assert [v.ref for v in store.list_versions()] == ["tiny_linear:v1", "tiny_seg:v1"]
 
     store.promote("classifier", "tiny_linear:v1")
