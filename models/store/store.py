@@ -1,17 +1,9 @@
 """The model store: versions in a writable root and the bundled demo store, and which are active.
 
-Layout of a store root::
-
-    <root>/active.json                                   which versions are active (optional)
-    <root>/<role>/<name>/<version>/manifest.json          what the version is (see ModelManifest)
-    <root>/<role>/<name>/<version>/weights.pt             its weights (or the official file name,
-                                                          e.g. medsam_vit_b.pth)
-    <root>/<role>/<name>/<version>/MODEL_CARD.md          a short model card for people
-
-Two roots are searched: the writable root for trained and imported models, then the bundled,
-read-only demo store (:data:`~models.store.manifest.DEMO_STORE_DIR`), the embedded default.
-``active.json`` in the writable root overrides the demo store's, entry by entry; a role or policy
-it does not name falls back to the demo store.
+:class:`ModelStore` lists and looks up the versions of both roots (the layout is in
+:mod:`models.store`), reads and merges their ``active.json`` (the writable root's entries override
+the demo store's, entry by entry) and promotes a version by rewriting the writable root's
+``active.json`` atomically.
 """
 
 from __future__ import annotations
