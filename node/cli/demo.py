@@ -18,7 +18,6 @@ besides training commands where the node reaches into it.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 
 import typer
 
+from node.cli.kit import print_json, settings_or_exit
 from node.constants import StudyState
 from node.logs import configure_logging
 
@@ -117,14 +117,13 @@ def demo(
     """Run the node on a synthetic chest study end to end (embedded default, demo models)."""
     configure_logging("WARNING" if as_json else "INFO")
     from node.service import NodeService
-    from node.settings import load_settings
     from training.dicom_export import RadiographIdentity
     from training.phantoms import generate_phantom, write_phantom_dicom
 
     overrides: dict[str, Any] = {"port": 0, "host": "127.0.0.1", "stable_seconds": 2.0}
     if policy:
         overrides["mask_policy"] = policy
-    settings = load_settings(**overrides)
+    settings = settings_or_exit(**overrides)
     wanted = [f.strip() for f in findings.split(",") if f.strip()]
 
     phantom = generate_phantom(size, seed=seed, findings=wanted)
@@ -149,7 +148,7 @@ def demo(
         service.stop()
 
     if as_json:
-        typer.echo(json.dumps(report, indent=2, default=str))
+        print_json(report)
     else:
         _print_summary(report, phantom.labels, [frontal, lateral], settings.output_dir)
     if report["study"]["state"] == StudyState.FAILED.value:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import typer
 
-from node.cli.service import JsonOption, LogLevelOption, _fail, _open_database, _print_json, _settings
+from node.cli.kit import JsonOption, LogLevelOption, fail, open_database, print_json, settings_or_exit
 from node.logs import configure_logging
 
 
@@ -21,14 +21,14 @@ def resend(
 ) -> None:
     """Send a study's SEG and SR again (same objects, same UIDs) to its destinations."""
     configure_logging(log_level)
-    settings = _settings()
-    database = _open_database(settings)
+    settings = settings_or_exit()
+    database = open_database(settings)
     from node.delivery.task import deliver_now, plan_resend
 
     try:
         plan = plan_resend(database, settings, study_instance_uid)
     except LookupError as exc:
-        raise _fail(str(exc))
+        fail(str(exc))
     outcome: dict[str, object] = {}
     for destination, ids in plan.delivery_ids_by_destination.items():
         outcome[destination] = deliver_now(database, settings, ids)["states"]
@@ -40,7 +40,7 @@ def resend(
     }
     database.engine.dispose()
     if as_json:
-        _print_json(document)
+        print_json(document)
     else:
         typer.echo(f"study {plan.study_instance_uid}: {len(plan.sop_instance_uids)} object(s)")
         for destination, states in outcome.items():

@@ -7,7 +7,6 @@ UIDs, AE titles and states only.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -16,63 +15,26 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from pydantic import ValidationError
 
+from node.cli.kit import (
+    EXIT_FAILURE,
+    EXIT_USAGE,
+    JsonOption,
+    LogLevelOption,
+    fail,
+    open_database,
+    print_json,
+    settings_or_exit,
+)
 from node.constants import QUEUE_DELIVERY, QUEUE_INFERENCE, QUEUE_TRAINING
 from node.logs import configure_logging
-from node.settings import RemoteNode, Settings, load_settings
-
-#: Exit status when the node cannot start or a command cannot do its job.
-EXIT_FAILURE = 1
-#: Exit status for bad settings or arguments.
-EXIT_USAGE = 2
+from node.settings import RemoteNode
 
 KNOWN_QUEUES = (QUEUE_INFERENCE, QUEUE_DELIVERY, QUEUE_TRAINING)
 WORKER_POOLS = ("solo", "threads", "prefork")
 
 studies_app = typer.Typer(help="Studies the node has received.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
-
-JsonOption = typer.Option(False, "--json", help="Print one machine-readable JSON document.")
-LogLevelOption = typer.Option("INFO", "--log-level", help="DEBUG, INFO, WARNING or ERROR.")
-
-
-def _fail(message: str, code: int = EXIT_FAILURE) -> typer.Exit:
-    typer.echo(f"error: {message}", err=True)
-    return typer.Exit(code)
-
-
-def _settings(**overrides: Any) -> Settings:
-    """The settings from the environment with explicit overrides; bad values end the command."""
-    try:
-        return load_settings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as exc:
-        lines = [f"  {'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()]
-        raise _fail("invalid settings (CXR_NODE_* variables or CXR_NODE_CONFIG_FILE):\n" + "\n".join(lines), EXIT_USAGE)
-    except (ValueError, FileNotFoundError) as exc:
-        raise _fail(str(exc), EXIT_USAGE)
-
-
-def _open_database(settings: Settings):  # type: ignore[no-untyped-def]
-    """The node's database for a read command: it must exist; its schema is brought to head."""
-    from node.db import Database
-
-    url = settings.resolved_database_url
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
-        raise _fail(
-            f"no database at {url.removeprefix('sqlite:///')}; has the node run with "
-            f"CXR_NODE_DATA_DIR={settings.data_dir}? (or set CXR_NODE_DATABASE_URL)"
-        )
-    database = Database(url)
-    try:
-        database.ensure_schema()
-    except RuntimeError as exc:
-        raise _fail(str(exc))
-    return database
-
-
-def _print_json(document: Any) -> None:
-    typer.echo(json.dumps(document, indent=2, sort_keys=False, default=str))
 
 
 # --- serve -------------------------------------------------------------------------------------
@@ -86,13 +48,13 @@ def serve(
 ) -> None:
     """Run the node: DICOM listener, completion scanner and (without a broker) the task threads."""
     configure_logging(log_level.upper())
-    settings = _settings(port=port, ae_title=ae_title, data_dir=data_dir)
+    settings = settings_or_exit(port=port, ae_title=ae_title, data_dir=data_dir)
     from node.service import NodeService
 
     try:
         code = NodeService(settings).run()
     except RuntimeError as exc:  # e.g. an outdated PostgreSQL schema: the message says the fix
-        raise _fail(str(exc))
+        fail(str(exc))
     raise typer.Exit(code)
 
 
@@ -111,19 +73,19 @@ def worker(
 ) -> None:
     """Run a Celery worker for the node's tasks (needs CXR_NODE_BROKER_URL)."""
     configure_logging(log_level.upper())
-    settings = _settings()
+    settings = settings_or_exit()
     if not settings.broker_url:
-        raise _fail("CXR_NODE_BROKER_URL is not set: without a broker, `cxr-node serve` runs the tasks itself", EXIT_USAGE)
+        fail("CXR_NODE_BROKER_URL is not set: without a broker, `cxr-node serve` runs the tasks itself", EXIT_USAGE)
     queue_list = [q.strip() for q in queues.split(",") if q.strip()]
     unknown = [q for q in queue_list if q not in KNOWN_QUEUES]
     if not queue_list or unknown:
-        raise _fail(f"unknown queue(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(KNOWN_QUEUES)}", EXIT_USAGE)
+        fail(f"unknown queue(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(KNOWN_QUEUES)}", EXIT_USAGE)
     pool = pool or ("solo" if QUEUE_INFERENCE in queue_list else "threads")
     if pool not in WORKER_POOLS:
-        raise _fail(f"unknown pool {pool!r}; choose from {', '.join(WORKER_POOLS)}", EXIT_USAGE)
+        fail(f"unknown pool {pool!r}; choose from {', '.join(WORKER_POOLS)}", EXIT_USAGE)
     if pool == "solo":
         if concurrency not in (None, 1):
-            raise _fail("the solo pool runs one task at a time; drop --concurrency or pick --pool threads", EXIT_USAGE)
+            fail("the solo pool runs one task at a time; drop --concurrency or pick --pool threads", EXIT_USAGE)
         concurrency = 1
     concurrency = concurrency or 4
 
@@ -133,7 +95,7 @@ def worker(
     try:
         Database(settings.resolved_database_url).ensure_schema()
     except RuntimeError as exc:
-        raise _fail(str(exc))
+        fail(str(exc))
     app = create_celery_app(settings)
     name = "+".join(queue_list)
     argv = [
@@ -158,8 +120,8 @@ def status(
 ) -> None:
     """Counts of studies and jobs per state, and the latest studies."""
     configure_logging("WARNING")
-    settings = _settings()
-    database = _open_database(settings)
+    settings = settings_or_exit()
+    database = open_database(settings)
     from node.reports import status_report
 
     with database.session() as session:
@@ -174,7 +136,7 @@ def status(
         **report,
     }
     if as_json:
-        _print_json(report)
+        print_json(report)
         return
     node = report["node"]
     typer.echo(f"node {node['ae_title']} port {node['port']}, tasks {node['transport']}, database {node['database']}")
@@ -207,16 +169,16 @@ def studies_list(
 ) -> None:
     """The most recently received studies."""
     configure_logging("WARNING")
-    database = _open_database(_settings())
+    database = open_database(settings_or_exit())
     from node.reports import list_studies
 
     try:
         with database.session() as session:
             studies = list_studies(session, state=state, limit=limit)
     except ValueError as exc:
-        raise _fail(str(exc), EXIT_USAGE)
+        fail(str(exc), EXIT_USAGE)
     if as_json:
-        _print_json({"studies": studies})
+        print_json({"studies": studies})
     else:
         _print_study_table(studies)
 
@@ -228,16 +190,16 @@ def studies_show(
 ) -> None:
     """One study: its state, instances (with what processing found) and jobs."""
     configure_logging("WARNING")
-    database = _open_database(_settings())
+    database = open_database(settings_or_exit())
     from node.reports import study_report
 
     try:
         with database.session() as session:
             report = study_report(session, study_instance_uid.strip())
     except LookupError as exc:
-        raise _fail(str(exc))
+        fail(str(exc))
     if as_json:
-        _print_json(report)
+        print_json(report)
         return
     s = report["study"]
     typer.echo(f"study {s['study_instance_uid']}")
@@ -266,7 +228,7 @@ def studies_show(
     for name in report:
         if name not in ("study", "instances", "jobs"):
             typer.echo(f"{name}:")
-            typer.echo(json.dumps(report[name], indent=2, default=str))
+            print_json(report[name])
 
 
 # --- echo ----------------------------------------------------------------------------------------
@@ -284,11 +246,11 @@ def echo(
     try:
         remote = RemoteNode.parse(peer)
     except ValueError as exc:
-        raise _fail(str(exc), EXIT_USAGE)
-    settings = _settings(ae_title=calling_aet)
+        fail(str(exc), EXIT_USAGE)
+    settings = settings_or_exit(ae_title=calling_aet)
     result = c_echo(remote, calling_aet=settings.ae_title, timeout=timeout)
     if as_json:
-        _print_json(result)
+        print_json(result)
     elif result["ok"]:
         typer.echo(f"{remote}: C-ECHO status 0x{result['status']:04X} (success) in {result['seconds']:.3f} s")
     else:
@@ -344,7 +306,7 @@ def db_upgrade(
 ) -> None:
     """Bring the database schema to the latest revision (Alembic upgrade head)."""
     configure_logging(log_level.upper())
-    settings = _settings()
+    settings = settings_or_exit()
     from node.db import Database
 
     database = Database(settings.resolved_database_url)
@@ -358,14 +320,14 @@ def db_upgrade(
 def db_current(as_json: bool = JsonOption) -> None:
     """The schema revision of the database and the one this node needs."""
     configure_logging("WARNING")
-    settings = _settings()
+    settings = settings_or_exit()
     from node.db import Database
 
     database = Database(settings.resolved_database_url)
     doc = {"current": database.current_revision(), "head": database.head_revision()}
     doc["up_to_date"] = doc["current"] == doc["head"]
     if as_json:
-        _print_json(doc)
+        print_json(doc)
     else:
         typer.echo(f"current {doc['current'] or 'empty'}, head {doc['head']}" + ("" if doc["up_to_date"] else " (run `cxr-node db upgrade`)"))
 
