@@ -1,7 +1,9 @@
 """cxr-node commands: admin — ``models``, ``train``, ``evaluate`` (see node/cli/__init__.py).
 
-This is the only module of :mod:`node` that reaches :mod:`training` (imported inside the commands
-that need it, so that ``serve`` never loads training code).
+With :mod:`node.cli.demo`, this is the only module of :mod:`node` that reaches :mod:`training`
+(imported inside the commands that need it, so that ``serve`` never loads training code). The
+``train`` and ``evaluate`` commands are thin: they read the options into a spec of
+:mod:`training.recipes`, call the recipe, and print what it returns.
 
 The model store is ``CXR_NODE_MODEL_DIR`` or ``<CXR_NODE_DATA_DIR>/models`` (writable), then the
 bundled demo store (read-only). Commands::
@@ -12,14 +14,13 @@ bundled demo store (read-only). Commands::
     cxr-node models promote ROLE NAME:VERSION [--policy P]
     cxr-node models build-demo [--out DIR]
     cxr-node models import-medsam PATH [--version V]
-    cxr-node train segmenter [--data phantoms] [--epochs N] ...
+    cxr-node train segmenter [--data phantoms] [--steps N] ...
     cxr-node train classifier --policy P [--backbone B] [--data phantoms|nih --nih-root DIR] ...
     cxr-node evaluate --classifier NAME:VERSION [--data phantoms|nih] --out DIR
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -34,6 +35,7 @@ from models.store import (
     ModelStoreError,
     ModelVersion,
 )
+from node.cli.kit import fail, print_json, settings_or_exit
 
 logger = logging.getLogger(__name__)
 
@@ -54,23 +56,12 @@ def register(app: typer.Typer) -> None:
 
 def store_root_from_settings() -> Path:
     """The writable model store root: ``CXR_NODE_MODEL_DIR`` or ``<data dir>/models``."""
-    from node.settings import load_settings
-
-    settings = load_settings()
+    settings = settings_or_exit()
     return settings.model_dir if settings.model_dir is not None else settings.data_dir / "models"
 
 
 def _store() -> ModelStore:
     return ModelStore(store_root_from_settings())
-
-
-def _fail(message: str, code: int = 1) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def _print_json(data: Any) -> None:
-    typer.echo(json.dumps(data, indent=2, sort_keys=True))
 
 
 def _active_refs(store: ModelStore) -> dict[str, list[str]]:
@@ -100,10 +91,9 @@ def models_list(as_json: bool = typer.Option(False, "--json", help="Print JSON."
         versions = store.list_versions()
         marks = _active_refs(store)
     except ModelStoreError as error:
-        _fail(str(error))
-        return
+        fail(str(error))
     if as_json:
-        _print_json({"root": str(store.root), "fallback": str(store.fallback), "versions": [_describe(v, marks) for v in versions]})
+        print_json({"root": str(store.root), "fallback": str(store.fallback), "versions": [_describe(v, marks) for v in versions]}, sort_keys=True)
         return
     typer.echo(f"model store: {store.root} (then bundled demo store {store.fallback})")
     for v in versions:
@@ -124,11 +114,10 @@ def models_show(
         version = store.get(ref)
         marks = _active_refs(store)
     except ModelStoreError as error:
-        _fail(str(error))
-        return
+        fail(str(error))
     data = _describe(version, marks)
     if as_json:
-        _print_json(data)
+        print_json(data, sort_keys=True)
         return
     for key in ("ref", "role", "architecture", "policy", "folder", "weights_file", "sha256", "device_uid", "created_at", "clinical_use", "active_for"):
         typer.echo(f"{key:>14}: {data[key]}")
@@ -145,7 +134,7 @@ def models_verify(as_json: bool = typer.Option(False, "--json", help="Print JSON
     report = store.verify()
     bad = [(ref, error) for ref, error in report if error]
     if as_json:
-        _print_json({"ok": not bad, "checked": [{"ref": ref, "ok": error is None, "error": error} for ref, error in report]})
+        print_json({"ok": not bad, "checked": [{"ref": ref, "ok": error is None, "error": error} for ref, error in report]}, sort_keys=True)
     else:
         for ref, error in report:
             typer.echo(f"{'ok  ' if error is None else 'FAIL'} {ref}" + (f": {error}" if error else ""))
@@ -163,8 +152,7 @@ def models_promote(
     try:
         version = _store().promote(role, ref, policy=policy)
     except (ModelStoreError, ValueError) as error:
-        _fail(str(error))
-        return
+        fail(str(error))
     what = f"classifier for policy {version.manifest.policy}" if role == ROLE_CLASSIFIER else role
     typer.echo(f"{version.ref} is now the active {what}")
 
@@ -195,8 +183,7 @@ def models_build_demo(
             return
         root = build_demo_store(out, seed=seed, incoming=incoming)
     except (ModelStoreError, ValueError) as error:
-        _fail(str(error))
-        return
+        fail(str(error))
     typer.echo(f"demo models written to {root}")
 
 
@@ -216,8 +203,7 @@ def models_import_medsam(
         if promote:
             _store().promote(ROLE_SEGMENTER, registered.ref)
     except (ModelStoreError, ValueError, FileNotFoundError) as error:
-        _fail(str(error))
-        return
+        fail(str(error))
     typer.echo(f"imported {registered.ref} (sha256 {registered.manifest.sha256}) into {registered.folder}")
 
 
@@ -228,12 +214,6 @@ def models_import_medsam(
 def _configure_logging() -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-
-
-def _version_name(version: Optional[str]) -> str:
-    import datetime as dt
-
-    return version or dt.datetime.now(dt.timezone.utc).strftime("%Y.%m.%d-%H%M%S")
 
 
 @train_app.command("segmenter")
@@ -252,38 +232,20 @@ def train_segmenter_command(
     promote: bool = typer.Option(False, "--promote", help="Make it the active segmenter."),
 ) -> None:
     """Train a segmenter with the MedSAM recipe and register it in the model store."""
-    from models.segmenter import LungSegmenter, build_segmenter, get_architecture
-    from training.export import export_segmenter
-    from training.segmenter import (
-        HELD_OUT_SEED_BASE,
-        SegmenterTrainingConfig,
-        evaluate_segmenter,
-        held_out_phantoms,
-        phantom_source,
-        train_segmenter,
-    )
+    from training.recipes import SegmenterSpec, train_segmenter
 
     _configure_logging()
-    if data != "phantoms":
-        _fail(f"--data {data!r} is not supported for segmenters here; use phantoms")
-    store = _store()
-    arch = get_architecture(architecture)
-    name = name or f"segmenter_{architecture}"
-    version = _version_name(version)
-    work = work_dir or (store_root_from_settings() / "_work" / f"{name}-{version}")
-    config = SegmenterTrainingConfig(architecture=architecture, steps=steps, batch_size=batch_size, seed=seed, device=device)
-    weights = train_segmenter(phantom_source(), work, config, initial_weights=init)
-    examples = held_out_phantoms(held_out, size=arch.image_size)
-    metrics = evaluate_segmenter(LungSegmenter(build_segmenter(architecture, weights), device=device), examples)
-    registered = export_segmenter(
-        store_root_from_settings(), weights, architecture=architecture, name=name, version=version, metrics={"held_out": metrics},
-        training_data={"generator": "training.phantoms.generate_phantom", "size": arch.image_size, "seed": seed,
-                       "steps": steps, "batch_size": batch_size, "held_out_seeds": [HELD_OUT_SEED_BASE, HELD_OUT_SEED_BASE + held_out - 1]},
-        intended_use="Lung segmentation trained on synthetic phantoms. Research use; NOT FOR CLINICAL USE.",
-    )
-    if promote:
-        store.promote(ROLE_SEGMENTER, registered.ref)
-    typer.echo(f"trained {registered.ref}: held-out Dice left {metrics['mean_dice_left']:.3f}, right {metrics['mean_dice_right']:.3f}")
+    try:
+        spec = SegmenterSpec(
+            store_root=store_root_from_settings(), architecture=architecture, data=data, init=init, steps=steps,
+            batch_size=batch_size, seed=seed, device=device, held_out=held_out, work_dir=work_dir, name=name,
+            version=version, promote=promote,
+        )
+        run = train_segmenter(spec)
+    except (ModelStoreError, ValueError) as error:
+        fail(str(error))
+    typer.echo(f"trained {run.version.ref}: held-out Dice left {run.metrics['mean_dice_left']:.3f}, "
+               f"right {run.metrics['mean_dice_right']:.3f}")
 
 
 @train_app.command("classifier")
@@ -305,92 +267,20 @@ def train_classifier_command(
     promote: bool = typer.Option(False, "--promote", help="Make it the active classifier of its policy."),
 ) -> None:
     """Train a classifier under one mask policy and register it in the model store."""
-    from models.policies import parse_policy
-    from training.export import export_classifier
+    from training.recipes import ClassifierSpec, train_classifier
 
     _configure_logging()
     try:
-        policy = parse_policy(policy).value
-    except ValueError as error:
-        _fail(str(error))
-    store = _store()
-    name = name or f"classifier_{backbone}_{policy}"
-    version = _version_name(version)
-    work = work_dir or (store_root_from_settings() / "_work" / f"{name}-{version}")
-    if data == "phantoms":
-        from training.classifier import train_demo_classifier
-
-        folder = train_demo_classifier(
-            work / "model", policy, seed=seed, architecture=backbone, image_size=image_size, input_size=input_size,
-            n_train=count, n_val=max(count // 6, 10), n_test=max(count // 6, 10), epochs=epochs, batch_size=batch_size,
-            checkpoint_dir=work / "checkpoints", device=device,
+        spec = ClassifierSpec(
+            store_root=store_root_from_settings(), policy=policy, backbone=backbone, data=data, nih_root=nih_root,
+            epochs=epochs, batch_size=batch_size, input_size=input_size, image_size=image_size, count=count,
+            seed=seed, device=device, work_dir=work_dir, name=name, version=version, promote=promote,
         )
-        intended = "Five-finding classification trained on synthetic phantoms. Research use; NOT FOR CLINICAL USE."
-    elif data == "nih":
-        if nih_root is None:
-            _fail("--data nih needs --nih-root DIR (the ChestX-ray14 folder with Data_Entry_2017.csv)")
-        folder = _train_nih_classifier(nih_root, work, policy=policy, backbone=backbone, epochs=epochs,
-                                       batch_size=batch_size, input_size=input_size, seed=seed, device=device,
-                                       image_size=image_size)
-        intended = "Five-finding classification trained on NIH ChestX-ray14. Research use; NOT FOR CLINICAL USE."
-    else:
-        _fail(f"--data must be phantoms or nih; got {data!r}")
-        return
-    registered = export_classifier(store_root_from_settings(), folder, name=name, version=version, intended_use=intended)
-    if promote:
-        store.promote(ROLE_CLASSIFIER, registered.ref, policy=policy)
-    macro = registered.manifest.metrics.get("test.macro_auroc")
-    typer.echo(f"trained {registered.ref} (policy {policy})" + (f": held-out macro AUROC {macro:.3f}" if macro is not None else ""))
-
-
-def _train_nih_classifier(
-    nih_root: Path, work: Path, *, policy: str, backbone: str, epochs: int, batch_size: int, input_size: int,
-    seed: int, device: Optional[str], image_size: int,
-) -> Path:
-    """Train on NIH ChestX-ray14 (official test list, train/val split by patient); return the saved folder.
-
-    NIH has no lung masks: under ``loose``/``tight`` the active segmenter of the store provides them
-    (an image whose segmentation fails stops the run with the reason; ``original`` needs no masks).
-    """
-    import hashlib
-
-    from models.loading import load_segmenter
-    from training.classifier import PolicyDataset, TrainConfig, evaluate_classifier, segmenter_masks, train_classifier
-    from training.datasets import NIHChestXray14
-    from training.datasets.nih import find_label_file
-
-    store = _store()
-    kwargs: dict[str, Any] = {}
-    segmenter_ref = None
-    if policy != "original":
-        version = store.active_segmenter()
-        segmenter = load_segmenter(version, device or "cpu")
-        segmenter_ref = version.ref
-        kwargs["mask_source"] = segmenter_masks(lambda image, spacing: segmenter.segment(image))
-    splits = {
-        split: PolicyDataset(NIHChestXray14(nih_root, split, image_size=image_size, seed=seed, view_positions=("PA", "AP")),
-                             policy, input_size, **kwargs)
-        for split in ("train", "val", "test")
-    }
-    config = TrainConfig(architecture=backbone, policy=policy, input_size=input_size, epochs=epochs, batch_size=batch_size,
-                         seed=seed, device=device)
-    result = train_classifier(splits["train"], splits["val"], config, work / "checkpoints")
-    test_metrics = evaluate_classifier(result.classifier, splits["test"])
-    label_file = find_label_file(Path(nih_root))
-    training_data = {
-        "dataset": "NIH ChestX-ray14",
-        "label_file": label_file.name,
-        "label_file_sha256": hashlib.sha256(label_file.read_bytes()).hexdigest(),
-        "counts": {split: len(ds) for split, ds in splits.items()},
-        "split": f"official test list; train/val by patient, seed {seed}",
-        "views": ["PA", "AP"],
-        "image_size": image_size,
-        "lung_masks": segmenter_ref or "none (original policy)",
-    }
-    folder = work / "model"
-    result.classifier.save(folder, {"metrics": {"test": test_metrics}, "validation_metrics": result.val_metrics,
-                                    "training_data": training_data})
-    return folder
+        run = train_classifier(spec)
+    except (ModelStoreError, ValueError, FileNotFoundError) as error:
+        fail(str(error))
+    macro = run.metrics.get("test.macro_auroc")
+    typer.echo(f"trained {run.version.ref} (policy {spec.policy})" + (f": held-out macro AUROC {macro:.3f}" if macro is not None else ""))
 
 
 def evaluate(
@@ -407,16 +297,18 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:
     """Evaluate a classifier version end to end (segmenter masks, policy, classifier): AUROC with CIs, Dice, ROC PNGs."""
-    from training.model_evaluation import REPORT_NAME, evaluate_versions
+    from training.model_evaluation import REPORT_NAME
+    from training.recipes import EvaluationSpec, evaluate_models
 
     _configure_logging()
     try:
-        report = evaluate_versions(_store(), classifier, out, segmenter_ref=segmenter, data=data, nih_root=nih_root,
-                                   count=count, image_size=image_size, seed=seed, n_bootstrap=bootstrap, device=device,
-                                   progress=not as_json)
+        report = evaluate_models(EvaluationSpec(
+            store_root=store_root_from_settings(), classifier=classifier, out=out, segmenter=segmenter, data=data,
+            nih_root=nih_root, count=count, image_size=image_size, bootstrap=bootstrap, seed=seed, device=device,
+            progress=not as_json,
+        ))
     except (ModelStoreError, ValueError, FileNotFoundError) as error:
-        _fail(str(error))
-        return
+        fail(str(error))
     if as_json:
         typer.echo((out / REPORT_NAME).read_text())
         return
