@@ -122,6 +122,12 @@ class Settings(BaseSettings):
     dimse_timeout: float = Field(60.0, gt=0)
     network_timeout: float = Field(60.0, gt=0)
     acse_timeout: float = Field(30.0, gt=0)
+    pdu_timeout: float = Field(
+        120.0, gt=0, description="Longest one PDU may take to arrive, from its first byte; then the socket is closed."
+    )
+    max_connections_per_peer: int = Field(
+        5, ge=1, description="Concurrent TCP connections from one peer address; more are closed at once."
+    )
 
     # --- storage and database ----------------------------------------------------------
     data_dir: Path = Field(Path("./var"), description="Spool, outputs, SQLite database, trained models.")

@@ -31,6 +31,7 @@ from node.scp.dataset_header import (
     SOP_INSTANCE_UID,
     STUDY_INSTANCE_UID,
     CorruptDatasetError,
+    InflatedTooLargeError,
     read_header,
 )
 from node.spool import Spool, SpooledFile, is_disk_full
@@ -51,6 +52,11 @@ def _peer(event: "Event") -> tuple[str, str, str]:
     called = (assoc.acceptor.ae_title or "").strip()
     address = f"{assoc.requestor.address}:{assoc.requestor.port}"
     return calling, called, address
+
+
+def _uid_or_mark(value: str) -> str:
+    """``value`` when it is a UID, else a mark (no header text of the sender's reaches the log)."""
+    return value if is_valid_uid(value, strict=False) else "<invalid UID>"
 
 
 def handle_echo(event: "Event") -> int:
@@ -100,6 +106,15 @@ class StoreHandler:
         affected_sop_instance = str(request.AffectedSOPInstanceUID or "")
         affected_sop_class = str(request.AffectedSOPClassUID or "")
         transfer_syntax = str(event.context.transfer_syntax)
+        context_sop_class = str(event.context.abstract_syntax)
+        if affected_sop_class != context_sop_class:
+            # PS3.7 C.5.3 (0x0122): the request names a SOP Class other than its context's.
+            return self._refuse(
+                statuses.SOP_CLASS_NOT_SUPPORTED,
+                calling,
+                affected_sop_instance,
+                f"SOP Class {_uid_or_mark(affected_sop_class)} on the presentation context of {context_sop_class}",
+            )
         data_set = request.DataSet
         if not isinstance(data_set, BytesIO):
             return self._refuse(
@@ -124,7 +139,7 @@ class StoreHandler:
             calling,
             status,
             statuses.status_name(status),
-            sop_instance if is_valid_uid(sop_instance, strict=False) else "<invalid UID>",
+            _uid_or_mark(sop_instance),
             reason,
         )
         return status
@@ -148,7 +163,14 @@ class StoreHandler:
                 f"{size} bytes is over the limit of {self.max_instance_bytes} (CXR_NODE_MAX_INSTANCE_BYTES)",
             )
         try:
-            header = read_header(view, transfer_syntax)
+            header = read_header(view, transfer_syntax, max_inflated_bytes=self.max_instance_bytes)
+        except InflatedTooLargeError as error:
+            return self._refuse(
+                statuses.OUT_OF_RESOURCES_INFLATED_TOO_LARGE,
+                calling,
+                affected_sop_instance,
+                f"{error} (CXR_NODE_MAX_INSTANCE_BYTES)",
+            )
         except CorruptDatasetError as error:
             return self._refuse(
                 statuses.CANNOT_UNDERSTAND_CORRUPT, calling, affected_sop_instance, f"{error} ({transfer_syntax})"

@@ -16,18 +16,21 @@ completion scanner).
 
 Memory: pynetdicom assembles each received data set in memory before the C-STORE handler runs
 (the handler then writes those bytes to the spool without decoding them), so an association
-holds up to one instance in memory at a time; ``max_instance_bytes`` refuses larger instances
-(0xA700) but only once they have arrived. Restrict who may send with ``allowed_calling_aets``.
+holds up to one instance in memory at a time. A data set growing past ``max_instance_bytes``
+aborts the association while it arrives (:mod:`node.scp.incoming`), a PDU longer than
+``max_pdu_size`` is refused after its header, and time limits close connections that
+overstay (:mod:`node.scp.limits`). Restrict who may send with ``allowed_calling_aets``.
 
 Settings used: ``ae_title``, ``host``, ``port``, ``require_called_aet``,
 ``allowed_calling_aets`` (empty: everyone), ``max_pdu_size`` (0: unlimited),
 ``max_associations``, ``max_instance_bytes``, ``min_free_disk_bytes``, ``dimse_timeout``,
-``network_timeout``, ``acse_timeout``, ``data_dir`` (spool under ``settings.spool_dir``).
+``network_timeout``, ``acse_timeout``, ``pdu_timeout``, ``max_connections_per_peer``, ``data_dir`` (spool under ``settings.spool_dir``).
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -36,6 +39,14 @@ from pynetdicom.transport import ThreadedAssociationServer
 
 from node.db import Database
 from node.scp.contexts import supported_contexts
+from node.scp.limits import (
+    UNREACHABLE_ASSOCIATION_CEILING,
+    AssociationSlots,
+    ConnectionLimits,
+    GuardedAssociationServer,
+    GuardedRequestHandler,
+    PeerConnections,
+)
 from node.scp.incoming import IncomingWriter
 from node.scp.handlers import (
     InstanceCallback,
@@ -57,7 +68,8 @@ log = logging.getLogger(__name__)
 def build_application_entity(settings: "Settings") -> AE:
     """A pynetdicom AE configured from ``settings``: contexts, AE title checks, limits, timeouts.
 
-    The called AE title check and the calling AE allow-list are pynetdicom's own
+    The association limit is :class:`node.scp.limits.AssociationSlots`, bound by
+    :func:`start_listener`. The called AE title check and the calling AE allow-list are pynetdicom's own
     (``AE.require_called_aet``, ``AE.require_calling_aet``); their rejections are listed in
     :mod:`node.scp.statuses`.
     """
@@ -66,7 +78,9 @@ def build_application_entity(settings: "Settings") -> AE:
     ae.require_called_aet = settings.require_called_aet
     ae.require_calling_aet = list(settings.allowed_calling_aets)
     ae.maximum_pdu_size = settings.max_pdu_size
-    ae.maximum_associations = settings.max_associations
+    # Established associations are counted by node.scp.limits.AssociationSlots (pynetdicom's
+    # own count includes connections that never sent a complete A-ASSOCIATE-RQ).
+    ae.maximum_associations = UNREACHABLE_ASSOCIATION_CEILING
     ae.dimse_timeout = settings.dimse_timeout
     ae.network_timeout = settings.network_timeout
     ae.acse_timeout = settings.acse_timeout
@@ -141,7 +155,18 @@ def start_listener(
     ]
     if settings.min_free_disk_bytes > 0:
         handlers.append((evt.EVT_REQUESTED, make_disk_watermark_check(spool, settings.min_free_disk_bytes)))
-    server = ae.start_server((settings.host, settings.port), block=False, evt_handlers=handlers)
+    handlers.append((evt.EVT_REQUESTED, AssociationSlots(settings.max_associations)))
+    server = ae.make_server(
+        (settings.host, settings.port),
+        evt_handlers=handlers,
+        server_class=GuardedAssociationServer,
+        request_handler=GuardedRequestHandler,
+        limits=ConnectionLimits.from_settings(settings),
+        peers=PeerConnections(settings.max_connections_per_peer),
+    )
+    # As AE.start_server(block=False) does, with our server class: serve in a daemon thread.
+    threading.Thread(target=server.serve_forever, name=f"AcceptorServer@{settings.port}", daemon=True).start()
+    ae._servers.append(server)  # AssociationServer.shutdown() removes it again
     handle = ListenerHandle(ae, server, spool, incoming)
     free = spool.free_bytes()
     log.info(

@@ -23,6 +23,9 @@ OUT_OF_RESOURCES_TOO_LARGE = 0xA700
 OUT_OF_RESOURCES_SPOOL_WRITE = 0xA701
 #: The database could not record the instance (the spooled file is removed again).
 OUT_OF_RESOURCES_DATABASE = 0xA702
+#: A deflated data set (PS3.5 A.5) inflates to more than ``settings.max_instance_bytes``;
+#: inflation stops at the limit (a deflate bomb is never inflated whole).
+OUT_OF_RESOURCES_INFLATED_TOO_LARGE = 0xA703
 
 # --- C-STORE: Error, Data Set Does Not Match SOP Class (PS3.4 B.2.3: A9xx) -----------------
 #: No Pixel Data (7FE0,0010): it is Type 1 in the Image Pixel Module of every image IOD we
@@ -44,9 +47,11 @@ CANNOT_UNDERSTAND_INVALID_UID = 0xC212
 #: Instance UID.
 CANNOT_UNDERSTAND_INSTANCE_MISMATCH = 0xC213
 
-# --- DIMSE level (PS3.7 C.4.2.1.4, answered by pynetdicom itself) --------------------------
-#: Refused: SOP Class Not Supported; sent by pynetdicom when a C-STORE names a SOP Class other
-#: than the one of its presentation context.
+# --- DIMSE level (PS3.7 Annex C.5.3, a general status of every DIMSE service) --------------
+#: Refused: SOP Class Not Supported. The C-STORE's Affected SOP Class UID is not the abstract
+#: syntax of the presentation context it arrived on (PS3.8 7.1.1.13: a context carries one
+#: abstract syntax); e.g. a CT instance sent on the DX context. Checked first, before the data
+#: set is read; pynetdicom does not check it.
 SOP_CLASS_NOT_SUPPORTED = 0x0122
 
 # --- Presentation context results (PS3.8 Table 9-18), per proposed context -----------------
@@ -63,6 +68,7 @@ STATUS_NAMES: dict[int, str] = {
     OUT_OF_RESOURCES_TOO_LARGE: "Refused: Out of Resources (instance over the size limit)",
     OUT_OF_RESOURCES_SPOOL_WRITE: "Refused: Out of Resources (spool write failed)",
     OUT_OF_RESOURCES_DATABASE: "Refused: Out of Resources (database unavailable)",
+    OUT_OF_RESOURCES_INFLATED_TOO_LARGE: "Refused: Out of Resources (deflated data set inflates over the size limit)",
     DATASET_WITHOUT_PIXEL_DATA: "Error: Data Set Does Not Match SOP Class (no Pixel Data)",
     DATASET_SOP_CLASS_MISMATCH: "Error: Data Set Does Not Match SOP Class (SOP Class UID differs)",
     CANNOT_UNDERSTAND_CORRUPT: "Error: Cannot Understand (truncated or corrupt data set)",
@@ -100,7 +106,7 @@ REJECT_CALLING_AET = Rejection(RESULT_PERMANENT, SOURCE_SERVICE_USER, 0x03, "cal
 #: Called AE title is not ours (``settings.require_called_aet``; pynetdicom's
 #: ``AE.require_called_aet``): rejected-permanent, service-user, called-AE-title-not-recognized.
 REJECT_CALLED_AET = Rejection(RESULT_PERMANENT, SOURCE_SERVICE_USER, 0x07, "called AE title not recognized")
-#: More than ``settings.max_associations`` at once (pynetdicom): rejected-transient,
+#: More than ``settings.max_associations`` established at once (:class:`node.scp.limits.AssociationSlots`): rejected-transient,
 #: service-provider (presentation), local-limit-exceeded.
 REJECT_TOO_MANY_ASSOCIATIONS = Rejection(
     RESULT_TRANSIENT, SOURCE_SERVICE_PROVIDER_PRESENTATION, 0x02, "local limit exceeded (associations)"
