@@ -176,8 +176,16 @@ class _Walker:
             position = value + length
 
 
+class InflatedTooLargeError(ValueError):
+    """A deflated data set inflates to more than the caller's limit (a deflate bomb, or just too big)."""
+
+
 def read_header(
-    stream: bytes | memoryview, transfer_syntax_uid: str, wanted: frozenset[int] = WANTED_TAGS
+    stream: bytes | memoryview,
+    transfer_syntax_uid: str,
+    wanted: frozenset[int] = WANTED_TAGS,
+    *,
+    max_inflated_bytes: int | None = None,
 ) -> DatasetHeader:
     """Walk an encoded data set (no File Meta Information) and return its header facts.
 
@@ -190,20 +198,32 @@ def read_header(
         deflated explicit VR little endian, or any encapsulated (compressed) one.
     wanted:
         Top-level tags whose (short, text) values are kept; :data:`WANTED_TAGS` by default.
+    max_inflated_bytes:
+        For a deflated data set, the most bytes it may inflate to; inflation stops one byte
+        past it, so memory stays bounded whatever the stream holds. ``None``: no limit.
 
     Raises
     ------
     CorruptDatasetError
         When the stream is truncated, an element's length runs past the end, a VR is not
         letters, top-level tags do not ascend, or a deflated stream does not inflate completely.
+    InflatedTooLargeError
+        When a deflated data set inflates to more than ``max_inflated_bytes``.
     """
     buffer = memoryview(stream)
     if transfer_syntax_uid in DEFLATED_TRANSFER_SYNTAXES:
         inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+        cap = 0 if max_inflated_bytes is None else max_inflated_bytes + 1  # 0: zlib's "no limit"
         try:
-            inflated = inflater.decompress(buffer) + inflater.flush()
+            inflated = inflater.decompress(buffer, cap)
+            if max_inflated_bytes is None:
+                inflated += inflater.flush()
         except zlib.error as error:
             raise CorruptDatasetError(f"deflated data set does not inflate: {error}") from None
+        if max_inflated_bytes is not None and len(inflated) > max_inflated_bytes:
+            raise InflatedTooLargeError(
+                f"deflated data set of {len(buffer)} bytes inflates to more than {max_inflated_bytes} bytes"
+            )
         if not inflater.eof:
             raise CorruptDatasetError("deflated data set is truncated (no end of the deflate stream)")
         buffer = memoryview(inflated)

@@ -39,7 +39,8 @@ from pynetdicom.pdu import P_DATA_TF
 from node.constants import PARTIAL_SUFFIX
 from node.dicom_uids import is_valid_uid
 from node.scp.dataset_header import CorruptDatasetError, read_header
-from node.spool import FILE_MODE
+from node.scp.limits import abort_association
+from node.spool import DIRECTORY_MODE, FILE_MODE
 
 if TYPE_CHECKING:
     from pynetdicom.association import Association
@@ -127,6 +128,8 @@ class _AssociationState:
     command: bytearray = field(default_factory=bytearray)
     command_complete: bool = False
     current: Any = None  # IncomingFile, _SKIP or None
+    data_bytes: int = 0  # of the data set being received, written or not
+    over_limit: bool = False
     completed: deque[IncomingFile] = field(default_factory=deque)
 
 
@@ -141,9 +144,9 @@ class IncomingWriter:
         self, spool_root: Path, *, flush_every_bytes: int = FLUSH_EVERY_BYTES, max_data_bytes: int | None = None
     ) -> None:
         self.directory = spool_root / INCOMING_DIRNAME
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o750)
+        self.directory.mkdir(parents=True, exist_ok=True, mode=DIRECTORY_MODE)
         self.flush_every_bytes = flush_every_bytes
-        #: A data set growing past this is dropped from disk at once (the handler refuses it anyway).
+        #: A data set growing past this is dropped from disk and its association aborted at once.
         self.max_data_bytes = max_data_bytes
         self._states: dict[int, _AssociationState] = {}
         self._lock = threading.Lock()
@@ -190,22 +193,51 @@ class IncomingWriter:
                 state.command += value[1:]
                 state.command_complete = bool(header & 0x02)
                 continue
+            if state.over_limit:
+                return  # the association is being aborted; nothing more is kept
             if state.current is None:
                 state.current = self._open(assoc, state, int(item.presentation_context_id or 0))
             current = state.current
+            state.data_bytes += len(value) - 1
+            if self.max_data_bytes is not None and state.data_bytes > self.max_data_bytes:
+                self._refuse_oversized(assoc, state)
+                return
             if isinstance(current, IncomingFile):
-                if self.max_data_bytes is not None and current.data_bytes + len(value) - 1 > self.max_data_bytes:
-                    current.discard()  # over the size limit: do not fill the disk with it
-                    state.current = current = _SKIP
-                else:
-                    self._append(current, memoryview(value)[1:])
+                self._append(current, memoryview(value)[1:])
             if header & 0x02:  # last fragment of the data set
                 if isinstance(current, IncomingFile):
                     with self._lock:
                         state.completed.append(current)
                 state.current = None
+                state.data_bytes = 0
                 state.command.clear()
                 state.command_complete = False
+
+    def _refuse_oversized(self, assoc: "Association", state: _AssociationState) -> None:
+        """A data set grew past ``max_data_bytes``: drop its file and abort the association.
+
+        pynetdicom would otherwise assemble the whole data set in memory before the C-STORE
+        handler could answer 0xA700; aborting (PS3.8 7.3, A-ABORT) while it arrives bounds the
+        memory and the disk an association can use to the limit plus one PDU.
+        """
+        state.over_limit = True
+        if isinstance(state.current, IncomingFile):
+            state.current.discard()
+        state.current = _SKIP
+        command = state.command if state.command_complete else bytearray()
+        sop_instance = "<unknown>"
+        try:
+            found = read_header(bytes(command), ImplicitVRLittleEndian, _COMMAND_TAGS).get(_AFFECTED_SOP_INSTANCE_UID)
+        except CorruptDatasetError:
+            found = None
+        if found is not None and is_valid_uid(found, strict=False):
+            sop_instance = found
+        reason = (
+            f"data set of instance {sop_instance} is over the limit of {self.max_data_bytes} bytes "
+            "(CXR_NODE_MAX_INSTANCE_BYTES) while still arriving"
+        )
+        if not abort_association(assoc, reason):
+            log.warning("%s; cannot abort this association, its data set is not written", reason)
 
     def _open(self, assoc: "Association", state: _AssociationState, context_id: int) -> Any:
         if not state.command_complete:

@@ -174,7 +174,6 @@ def test_each_bad_input_gets_its_status_while_a_good_study_completes_in_parallel
         "no pixel data": (_without_pixel_data(bad / "nopixels.dcm"), statuses.DATASET_WITHOUT_PIXEL_DATA),
         "truncated": (_truncated(bad / "truncated.dcm", tmp_path), statuses.CANNOT_UNDERSTAND_CORRUPT),
         "garbled": (_garbled(bad / "garbled.dcm", tmp_path), statuses.CANNOT_UNDERSTAND_CORRUPT),
-        "over the size limit": (make_instance(bad / "big.dcm", size=64).path, statuses.OUT_OF_RESOURCES_TOO_LARGE),
         "path traversal in a UID": (_bad_uid(bad / "traversal.dcm", "../../etc"), statuses.CANNOT_UNDERSTAND_INVALID_UID),
         "SOP Instance UID differs": (
             _meta_says(bad / "other-instance.dcm", tmp_path, MediaStorageSOPInstanceUID="1.2.3.4"),
