@@ -5,10 +5,12 @@ Layout, relative to the spool root (``settings.spool_dir``)::
     <StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm
 
 Every component is a validated UID (:func:`node.dicom_uids.is_valid_uid`, lenient form), so no
-header text ever reaches a path. A file is written atomically: the bytes go to a temporary
+header text ever reaches a path. Files are readable by the service account only
+(:data:`FILE_MODE`, directories :data:`DIRECTORY_MODE`). A file is written atomically: the bytes go to a temporary
 ``.part`` file in the same directory, the file is fsync'ed, renamed over its final name and the
 directory is fsync'ed. A crash leaves either the old state or the complete file, never a torn
 one; stale ``.part`` files from a crash are removed by :meth:`Spool.remove_partials`.
+:func:`write_atomically` does this for any file (the output files use it too).
 """
 
 from __future__ import annotations
@@ -18,17 +20,20 @@ import logging
 import os
 import secrets
 import shutil
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import BinaryIO
 
 from node.constants import DICOM_SUFFIX, PARTIAL_SUFFIX
 from node.dicom_uids import require_uid
 
 log = logging.getLogger(__name__)
 
-#: Permissions of spooled files (owner read/write, group read).
-FILE_MODE = 0o640
+#: Permissions of spooled and output files: the service account only (they hold patient data).
+FILE_MODE = 0o600
+#: Permissions of the directories the node creates for them.
+DIRECTORY_MODE = 0o700
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,62 @@ def _fsync_directory(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def make_directories(directory: Path) -> None:
+    """Create ``directory`` and its missing parents (:data:`DIRECTORY_MODE`), fsync'ing each parent that gained an entry."""
+    missing: list[Path] = []
+    current = Path(directory)
+    while not current.is_dir():
+        missing.append(current)
+        current = current.parent
+    for path in reversed(missing):
+        try:
+            path.mkdir(mode=DIRECTORY_MODE)
+        except FileExistsError:
+            continue  # another thread created it at the same moment
+        _fsync_directory(path.parent)
+
+
+def write_atomically(final: Path, write: Callable[[BinaryIO], object]) -> int:
+    """Write a file durably and atomically: temporary file, fsync, rename, fsync of the directory.
+
+    Parameters
+    ----------
+    final:
+        The file's path; its directory (and parents) are created when missing. An existing
+        file is replaced atomically.
+    write:
+        Writes the whole content to the binary file object it is given.
+
+    Returns
+    -------
+    int
+        The file's size in bytes.
+
+    The file gets :data:`FILE_MODE`. On any error (``OSError`` from the disk, or whatever
+    ``write`` raises) the temporary file is removed and the error propagates; ``final`` is
+    then untouched.
+    """
+    directory = final.parent
+    make_directories(directory)
+    temporary = directory / f".{final.name}.{secrets.token_hex(4)}{PARTIAL_SUFFIX}"
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+            size = handle.tell()
+        os.replace(temporary, final)
+    except BaseException:
+        try:
+            temporary.unlink()
+        except FileNotFoundError:
+            pass
+        raise
+    _fsync_directory(directory)
+    return size
 
 
 class Spool:
@@ -77,20 +138,6 @@ class Spool:
         return self.root.joinpath(*relative.parts)
 
     # --- writing ----------------------------------------------------------------------
-    def _make_dirs(self, directory: Path) -> None:
-        """Create ``directory`` and its missing parents, fsync'ing each parent that gained an entry."""
-        missing: list[Path] = []
-        current = directory
-        while not current.is_dir():
-            missing.append(current)
-            current = current.parent
-        for path in reversed(missing):
-            try:
-                path.mkdir(mode=0o750)
-            except FileExistsError:
-                continue  # another association created it at the same moment
-            _fsync_directory(path.parent)
-
     def write(
         self,
         study_instance_uid: str,
@@ -106,30 +153,12 @@ class Spool:
         """
         relative = self.relative_path(study_instance_uid, series_instance_uid, sop_instance_uid)
         final = self.path_of(relative)
-        directory = final.parent
-        self._make_dirs(directory)
-        temporary = directory / f".{final.name}.{secrets.token_hex(4)}{PARTIAL_SUFFIX}"
-        size = 0
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
-        try:
-            try:
-                for chunk in chunks:
-                    view = memoryview(chunk)
-                    while view:
-                        written = os.write(fd, view)
-                        view = view[written:]
-                        size += written
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(temporary, final)
-        except BaseException:
-            try:
-                temporary.unlink()
-            except FileNotFoundError:
-                pass
-            raise
-        _fsync_directory(directory)
+
+        def write_chunks(handle: BinaryIO) -> None:
+            for chunk in chunks:
+                handle.write(chunk)
+
+        size = write_atomically(final, write_chunks)
         return SpooledFile(final, relative, size)
 
     def adopt(
@@ -143,7 +172,7 @@ class Spool:
         """
         relative = self.relative_path(study_instance_uid, series_instance_uid, sop_instance_uid)
         final = self.path_of(relative)
-        self._make_dirs(final.parent)
+        make_directories(final.parent)
         size = durable_file.stat().st_size
         os.replace(durable_file, final)
         _fsync_directory(final.parent)
@@ -161,7 +190,7 @@ class Spool:
     # --- housekeeping -------------------------------------------------------------------
     def ensure_root(self) -> None:
         """Create the spool root if needed."""
-        self._make_dirs(self.root)
+        make_directories(self.root)
 
     def remove_partials(self) -> int:
         """Delete ``.part`` files a crash left behind; return how many. Call before listening."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,6 +33,21 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyp
     cursor.close()
 
 
+#: The SQLite database holds patient data: the service account only (SQLite gives its -wal and
+#: -shm files the database file's mode).
+DATABASE_FILE_MODE = 0o600
+DATABASE_DIRECTORY_MODE = 0o700
+
+
+def _create_private_file(path: Path) -> None:
+    """Create ``path`` (and its missing directories) readable by the service account only, unless it exists."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=DATABASE_DIRECTORY_MODE)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, DATABASE_FILE_MODE))
+    except FileExistsError:
+        pass
+
+
 class Database:
     """A database URL with its engine and session factory.
 
@@ -43,7 +59,7 @@ class Database:
         if url.startswith("sqlite"):
             path = url.split("///", 1)[-1]
             if path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                _create_private_file(Path(path))
             self.engine: Engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
             event.listen(self.engine, "connect", _sqlite_pragmas)
         else:
@@ -95,7 +111,9 @@ class Database:
             if not path or path == ":memory:":
                 yield
                 return
-            with open(f"{path}.schema-lock", "a+b") as handle:
+            lock_path = Path(f"{path}.schema-lock")
+            _create_private_file(lock_path)
+            with open(lock_path, "a+b") as handle:
                 fcntl.flock(handle, fcntl.LOCK_EX)
                 try:
                     yield

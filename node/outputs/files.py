@@ -2,20 +2,21 @@
 
 Layout: ``<output_dir>/<Study Instance UID>/<Series Instance UID>/<SOP Instance UID>.dcm``,
 every path component a validated UID (never raw header text). Writing is atomic
-(temporary file, fsync, rename, fsync of the directory), and idempotent: as output UIDs
+(:func:`node.spool.write_atomically`: temporary file, fsync, rename, fsync of the directory;
+files 0600, directories 0700, the service account only), and idempotent: as output UIDs
 are deterministic, a retry writes the same path again.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-from node.constants import DICOM_SUFFIX, PARTIAL_SUFFIX
+from node.constants import DICOM_SUFFIX
 from node.dicom_uids import require_uid
+from node.spool import write_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -39,17 +40,6 @@ def write_output(output_dir: Path, ds: Dataset) -> Path:
         A SEG or SR built by :mod:`node.outputs.seg` / :mod:`node.outputs.sr` (with file meta).
     """
     path = output_path(output_dir, ds)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + PARTIAL_SUFFIX)
-    with open(partial, "wb") as handle:
-        ds.save_as(handle, enforce_file_format=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
+    write_atomically(path, lambda handle: ds.save_as(handle, enforce_file_format=True))
     logger.info("wrote output %s (%s)", ds.SOPInstanceUID, ds.get("Modality", "?"))
     return path

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import pytest
+from pydicom import dcmread
+from pydicom.dataset import Dataset
 
 from node.constants import PARTIAL_SUFFIX
-from node.spool import Spool
+from node.spool import Spool, write_atomically
 
 STUDY, SERIES, SOP = "1.2.3", "1.2.3.4", "1.2.3.4.5"
 
@@ -100,3 +103,71 @@ def test_adopt_refuses_non_uids_and_leaves_the_file(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="is not a DICOM UID"):
         spool.adopt("../..", SERIES, SOP, received)
     assert received.exists()
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_spool_files_and_directories_are_for_the_service_account_only(tmp_path: Path) -> None:
+    written = Spool(tmp_path / "spool").write(STUDY, SERIES, SOP, [b"x"])
+    assert _mode(written.path) == 0o600
+    assert _mode(written.path.parent) == 0o700  # series
+    assert _mode(written.path.parent.parent) == 0o700  # study
+    assert _mode(tmp_path / "spool") == 0o700
+
+
+def test_output_files_use_the_same_atomic_private_write(tmp_path: Path) -> None:
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    from node.outputs.files import write_output
+
+    ds = Dataset()
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = STUDY, SERIES, SOP
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.88.34"
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.file_meta.MediaStorageSOPInstanceUID = SOP
+    ds.file_meta.ImplementationClassUID = generate_uid()
+    path = write_output(tmp_path / "outputs", ds)
+    assert _mode(path) == 0o600
+    assert _mode(path.parent) == 0o700 and _mode(path.parent.parent) == 0o700
+    assert dcmread(path).SOPInstanceUID == SOP
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no partial left
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_partial(tmp_path: Path) -> None:
+    target = tmp_path / "out" / "file.dcm"
+    write_atomically(target, lambda handle: handle.write(b"old"))
+
+    def fail(handle: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space"):
+        write_atomically(target, fail)
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in target.parent.iterdir()] == ["file.dcm"]
+
+
+def test_the_sqlite_database_is_for_the_service_account_only(tmp_path: Path) -> None:
+    from node.db import Database
+
+    database = Database(f"sqlite:///{tmp_path / 'data' / 'cxr-node.sqlite3'}")
+    database.ensure_schema()
+    database.engine.dispose()
+    files = sorted(p for p in (tmp_path / "data").iterdir())
+    assert files, "no database file"
+    assert {p.name: _mode(p) for p in files} == {p.name: 0o600 for p in files}
+    assert _mode(tmp_path / "data") == 0o700
+
+
+def test_the_listeners_incoming_directory_is_private(tmp_path: Path) -> None:
+    from node.scp.incoming import IncomingWriter
+
+    writer = IncomingWriter(tmp_path / "spool")
+    try:
+        assert _mode(writer.directory) == 0o700
+    finally:
+        writer.close()
