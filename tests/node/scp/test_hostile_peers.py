@@ -167,3 +167,21 @@ def test_a_ct_store_on_a_dx_context_is_refused_with_0122(node: Node, tmp_path: P
     peer.release()
     assert status == statuses.SOP_CLASS_NOT_SUPPORTED
     assert node.instances() == []
+
+
+def test_an_instance_over_the_limit_aborts_only_its_own_association(start_node: Callable[..., Node], tmp_path: Path) -> None:
+    node = start_node(max_instance_bytes=4096)
+    big = make_instance(tmp_path / "big.dcm", size=64)  # 8 KiB of pixels
+    small = [make_instance(tmp_path / f"small{i}.dcm", size=8) for i in range(6)]
+    good = node.associate([(DX_FOR_PRESENTATION, [ExplicitVRLittleEndian])], calling_aet="GOODPACS")
+    bad = node.associate([(DX_FOR_PRESENTATION, [ExplicitVRLittleEndian])], calling_aet="BADPACS")
+    assert good.is_established and bad.is_established
+    answered = [int(good.send_c_store(s.path).Status) for s in small[:3]]
+    refused = bad.send_c_store(big.path)
+    wait_for(lambda: bad.is_aborted, "the oversized association aborted", timeout=10)
+    answered += [int(good.send_c_store(s.path).Status) for s in small[3:]]
+    good.release()
+    assert "Status" not in refused  # no answer: aborted while the data set arrived
+    assert answered == [statuses.SUCCESS] * len(small)
+    assert {row.sop_instance_uid for row in node.instances()} == {s.identity.sop_instance_uid for s in small}
+    assert not list((node.spool / ".incoming").iterdir())
