@@ -35,7 +35,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from pynetdicom import AE, _config, evt
-from pynetdicom.transport import ThreadedAssociationServer
 
 from node.db import Database
 from node.scp.contexts import supported_contexts
@@ -92,7 +91,7 @@ class ListenerHandle:
     """A running listener. :meth:`shutdown` is idempotent."""
 
     ae: AE
-    server: ThreadedAssociationServer
+    server: GuardedAssociationServer
     spool: Spool
     incoming: IncomingWriter
     _stopped: bool = field(default=False, repr=False)
