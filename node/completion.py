@@ -20,25 +20,19 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from node.constants import JobState, StudyState
+from node.constants import StudyState
 from node.db import Database, Job, Study
-from node.db.schema import utcnow
+from node.db.schema import as_utc, utcnow
+from node.lifecycle import JOB, STUDY, StudyEvent
 from node.settings import Settings
 
 log = logging.getLogger(__name__)
 
 #: How many scanner passes between two sweeps for jobs whose worker died (broker mode).
 STALE_SWEEP_EVERY_PASSES = 60
-
-
-def as_utc(value: dt.datetime) -> dt.datetime:
-    """Return ``value`` as an aware UTC datetime (SQLite hands back naive UTC values)."""
-    if value.tzinfo is None:
-        return value.replace(tzinfo=dt.timezone.utc)
-    return value.astimezone(dt.timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -73,7 +67,7 @@ def queue_quiet_studies(database: Database, settings: Settings, *, now: dt.datet
     with database.session() as session:
         candidates = session.execute(
             select(Study.id, Study.study_instance_uid, Study.generation, Study.calling_aet, Study.last_received_at)
-            .where(Study.state == StudyState.RECEIVED.value)
+            .where(Study.state == StudyState.RECEIVED)
             .order_by(Study.last_received_at)
         ).all()
 
@@ -91,19 +85,18 @@ def queue_quiet_studies(database: Database, settings: Settings, *, now: dt.datet
 def _queue_one(database: Database, study_id: int, uid: str, generation: int, cutoff: dt.datetime) -> QueuedStudy | None:
     try:
         with database.session() as session:
-            switched = session.execute(
-                update(Study)
-                .where(
-                    Study.id == study_id,
-                    Study.state == StudyState.RECEIVED.value,
-                    Study.generation == generation,
-                    Study.last_received_at <= cutoff,
-                )
-                .values(state=StudyState.QUEUED.value, updated_at=utcnow())
-            ).rowcount
+            switched = STUDY.apply(
+                session,
+                Study,
+                StudyEvent.QUIET,
+                Study.id == study_id,
+                Study.generation == generation,
+                Study.last_received_at <= cutoff,
+                values={"updated_at": utcnow()},
+            )
             if switched != 1:
                 return None  # another scanner won, or an instance arrived meanwhile
-            job = Job(study_id=study_id, generation=generation, state=JobState.QUEUED.value, attempts=0)
+            job = Job(study_id=study_id, generation=generation, state=JOB.initial(), attempts=0)
             session.add(job)
             session.flush()
             job_id = job.id
@@ -178,10 +171,6 @@ class CompletionScanner:
         """Wake these jobs on the next pass (e.g. the start-up sweep's), retrying on failure."""
         with self._pending_lock:
             self._pending_wakeups.extend(job_ids)
-        self._wake.set()
-
-    def nudge(self) -> None:
-        """Make the next pass start now (e.g. after an instance was stored)."""
         self._wake.set()
 
     def scan_once(self) -> list[int]:

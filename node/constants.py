@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 
 
-class StudyState(str, enum.Enum):
+class StudyState(enum.StrEnum):
     """Where a study is in its way through the node (the database is the source of truth)."""
 
     RECEIVED = "received"  # instances arriving; the quiet-period timer runs
@@ -20,7 +20,7 @@ class StudyState(str, enum.Enum):
     FAILED = "failed"  # processing or delivery gave up; the reason is on the job
 
 
-class JobState(str, enum.Enum):
+class JobState(enum.StrEnum):
     """State of one processing job (one generation of a study)."""
 
     QUEUED = "queued"
@@ -51,7 +51,7 @@ PARTIAL_SUFFIX = ".part"
 MASK_POLICIES = ("original", "loose", "tight")
 
 
-class ResultStatus(str, enum.Enum):
+class ResultStatus(enum.StrEnum):
     """Outcome of one image under one mask policy in one job (``results.status``)."""
 
     OK = "ok"  # analysed; outputs built
@@ -59,14 +59,14 @@ class ResultStatus(str, enum.Enum):
     FAILED = "failed"  # analysis failed (e.g. implausible segmentation); reason recorded
 
 
-class OutputKind(str, enum.Enum):
+class OutputKind(enum.StrEnum):
     """Kind of an output object written into the study."""
 
     SEG = "SEG"
     SR = "SR"
 
 
-class DeliveryState(str, enum.Enum):
+class DeliveryState(enum.StrEnum):
     """State of one output object towards one destination (``deliveries.state``)."""
 
     PENDING = "pending"  # waiting for its next attempt at ``next_attempt_at``

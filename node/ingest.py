@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session
 from node.constants import COMPANION_SOP_CLASSES, StudyState
 from node.db import Database, Instance, Study
 from node.db.schema import utcnow
+from node.lifecycle import STUDY, StudyEvent
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +92,8 @@ class StoredInstance:
         return self.instance.sop_instance_uid
 
 
-_REOPENABLE = tuple(
-    state.value
-    for state in (StudyState.QUEUED, StudyState.RUNNING, StudyState.DONE, StudyState.DELIVERED, StudyState.FAILED)
-)
+#: States an arriving image re-opens (a new generation); ``received`` only restarts the quiet period.
+_REOPENABLE = tuple(state for state in STUDY.sources(StudyEvent.INSTANCE_ARRIVED) if state is not StudyState.RECEIVED)
 
 
 def is_stored(database: Database, sop_instance_uid: str) -> bool:
@@ -116,23 +115,27 @@ def _touch_or_reopen_study(session: Session, item: ReceivedInstance, now: dt.dat
     if item.sop_class_uid in COMPANION_SOP_CLASSES:
         # Stored alongside, never a reason to (re-)process: state, generation and quiet period
         # stay as they are. Still one UPDATE, so the row is locked like for an image.
-        values: dict[str, object] = {"updated_at": now}
+        moved = session.execute(
+            update(Study)
+            .where(Study.id == before.id)
+            .values(updated_at=now)
+            .execution_options(synchronize_session=False)
+        ).rowcount
     else:
         # The CASE is evaluated by the database on the row as it is when the UPDATE holds it, so
         # a scanner that queued the study a moment ago is seen and the study is re-opened.
-        values = {
-            "generation": case((Study.state.in_(_REOPENABLE), Study.generation + 1), else_=Study.generation),
-            "state": StudyState.RECEIVED.value,
-            "last_received_at": now,
-            "updated_at": now,
-        }
-    result = session.execute(
-        update(Study)
-        .where(Study.id == before.id)
-        .values(**values)
-        .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:  # deleted between the two statements; treat as new
+        moved = STUDY.apply(
+            session,
+            Study,
+            StudyEvent.INSTANCE_ARRIVED,
+            Study.id == before.id,
+            values={
+                "generation": case((Study.state.in_(_REOPENABLE), Study.generation + 1), else_=Study.generation),
+                "last_received_at": now,
+                "updated_at": now,
+            },
+        )
+    if moved != 1:  # deleted between the two statements; treat as new
         return None
     generation = session.execute(select(Study.generation).where(Study.id == before.id)).scalar_one()
     return before.id, generation, generation != before.generation
@@ -153,7 +156,7 @@ def _record_once(session: Session, item: ReceivedInstance) -> StoredInstance:
     if touched is None:
         study = Study(
             study_instance_uid=item.study_instance_uid,
-            state=StudyState.RECEIVED.value,
+            state=STUDY.initial(),
             calling_aet=item.calling_aet,
             called_aet=item.called_aet,
             first_received_at=now,

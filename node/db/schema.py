@@ -8,11 +8,36 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+import enum
+
+from sqlalchemy import JSON, BigInteger, DateTime, Enum, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+from node.constants import DeliveryState, JobState, StudyState
 
 UID = String(64)  # PS3.5 UI VR: at most 64 characters
 AET = String(16)
+
+
+def state_type(states: type[enum.Enum], name: str) -> Enum:
+    """The column type of a lifecycle state: a native enum on PostgreSQL, a checked VARCHAR on SQLite.
+
+    Values are the members' values (``"received"``), as they were stored when the columns
+    were ``VARCHAR(16)``; a value outside the enum is refused by the database itself.
+    """
+    return Enum(
+        states,
+        name=name,
+        values_callable=lambda members: [member.value for member in members],
+        create_constraint=True,
+        validate_strings=True,
+        length=16,
+    )
+
+
+STUDY_STATE = state_type(StudyState, "study_state")
+JOB_STATE = state_type(JobState, "job_state")
+DELIVERY_STATE = state_type(DeliveryState, "delivery_state")
 
 
 def utcnow() -> dt.datetime:
@@ -20,18 +45,25 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+def as_utc(value: dt.datetime) -> dt.datetime:
+    """``value`` as an aware UTC datetime (SQLite hands back naive UTC values)."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=dt.timezone.utc)
+    return value.astimezone(dt.timezone.utc)
+
+
 class Base(DeclarativeBase):
     type_annotation_map = {dict[str, Any]: JSON, dt.datetime: DateTime(timezone=True)}
 
 
 class Study(Base):
-    """One study as the node knows it; ``state`` is a :class:`node.constants.StudyState`."""
+    """One study as the node knows it; ``state`` moves only through :data:`node.lifecycle.STUDY`."""
 
     __tablename__ = "studies"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_instance_uid: Mapped[str] = mapped_column(UID, unique=True, index=True)
-    state: Mapped[str] = mapped_column(String(16), index=True)
+    state: Mapped[StudyState] = mapped_column(STUDY_STATE, index=True)
     calling_aet: Mapped[str | None] = mapped_column(AET)
     called_aet: Mapped[str | None] = mapped_column(AET)
     first_received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
@@ -66,7 +98,7 @@ class Instance(Base):
 
 
 class Job(Base):
-    """One processing run of one study generation; ``state`` is a :class:`node.constants.JobState`."""
+    """One processing run of one study generation; ``state`` moves only through :data:`node.lifecycle.JOB`."""
 
     __tablename__ = "jobs"
     __table_args__ = (UniqueConstraint("study_id", "generation", name="uq_job_study_generation"),)
@@ -74,7 +106,7 @@ class Job(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
     generation: Mapped[int] = mapped_column(Integer)
-    state: Mapped[str] = mapped_column(String(16), index=True)
+    state: Mapped[JobState] = mapped_column(JOB_STATE, index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     started_at: Mapped[dt.datetime | None] = mapped_column(default=None)
@@ -86,7 +118,7 @@ class Job(Base):
     study: Mapped[Study] = relationship(back_populates="jobs")
 
 
-# --- results, outputs and deliveries (issue 5) -----------------------------------------------
+# --- results, outputs and deliveries ----------------------------------------------------------
 
 
 class Result(Base):
@@ -158,7 +190,7 @@ class OutputObject(Base):
 class Delivery(Base):
     """One output object on its way to one destination (``AET@host:port``).
 
-    ``state`` is a :class:`node.constants.DeliveryState`. A pending delivery is due at
+    ``state`` moves only through :data:`node.lifecycle.DELIVERY`. A pending delivery is due at
     ``next_attempt_at``; a sweep re-queues due ones, so retries survive a restart.
     """
 
@@ -168,7 +200,7 @@ class Delivery(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     output_object_id: Mapped[int] = mapped_column(ForeignKey("output_objects.id"), index=True)
     destination: Mapped[str] = mapped_column(String(128))
-    state: Mapped[str] = mapped_column(String(16), index=True)
+    state: Mapped[DeliveryState] = mapped_column(DELIVERY_STATE, index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[dt.datetime | None] = mapped_column(default=None, index=True)
     #: DIMSE status of the last answer (None when no answer came: refused, timed out, aborted)

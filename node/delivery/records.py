@@ -21,20 +21,16 @@ from sqlalchemy.orm import Session
 
 from node.constants import DeliveryState
 from node.db import Database
-from node.db.schema import Delivery, DeliveryAttempt, OutputObject, utcnow
+from node.db.schema import Delivery, DeliveryAttempt, OutputObject, as_utc, utcnow
+from node.delivery.items import StoreItem, StoreOutcome
 from node.delivery.policy import RetryPolicy
-from node.delivery.scu import StoreItem, StoreOutcome
+from node.lifecycle import DELIVERY, DeliveryEvent
 from node.settings import RemoteNode
 
 log = logging.getLogger(__name__)
 
 #: A wake-up may arrive this early (timer granularity, clock steps) and still count as due.
 DUE_TOLERANCE_SECONDS = 1.0
-
-
-def as_utc(value: dt.datetime) -> dt.datetime:
-    """``value`` as an aware UTC datetime (SQLite hands back naive UTC values)."""
-    return value.replace(tzinfo=dt.timezone.utc) if value.tzinfo is None else value.astimezone(dt.timezone.utc)
 
 
 @dataclass(frozen=True)
@@ -71,12 +67,12 @@ def create_deliveries(
                 row = Delivery(
                     output_object_id=output_id,
                     destination=str(destination),
-                    state=DeliveryState.PENDING.value,
+                    state=DELIVERY.initial(),
                     attempts=0,
                     next_attempt_at=now,
                 )
                 session.add(row)
-            if row.state == DeliveryState.PENDING.value:
+            if row.state is DeliveryState.PENDING:
                 pending.append(row)
     session.flush()
     return [row.id for row in pending]
@@ -97,7 +93,7 @@ def claim_due(
         rows = session.execute(
             select(Delivery, OutputObject)
             .join(OutputObject, Delivery.output_object_id == OutputObject.id)
-            .where(Delivery.id.in_(list(delivery_ids)), Delivery.state == DeliveryState.PENDING.value)
+            .where(Delivery.id.in_(list(delivery_ids)), Delivery.state == DeliveryState.PENDING)
             .order_by(Delivery.id)
         ).all()
         for delivery, output in rows:
@@ -107,7 +103,7 @@ def claim_due(
                 update(Delivery)
                 .where(
                     Delivery.id == delivery.id,
-                    Delivery.state == DeliveryState.PENDING.value,
+                    Delivery.state == DeliveryState.PENDING,
                     Delivery.next_attempt_at == delivery.next_attempt_at,
                 )
                 .values(next_attempt_at=lease_end, updated_at=now)
@@ -136,7 +132,7 @@ class RecordedOutcome:
     """What :func:`record_outcomes` decided for one delivery."""
 
     delivery_id: int
-    state: str  # DeliveryState value
+    state: DeliveryState
     retry_in_seconds: float | None  # set when the delivery stays pending for another attempt
 
 
@@ -173,24 +169,25 @@ def record_outcomes(
                     error=outcome.error,
                 )
             )
-            delivery.attempts = claim.failed_attempts + 1
-            delivery.last_status = outcome.status
+            attempts = claim.failed_attempts + 1
+            common = {"attempts": attempts, "last_status": outcome.status, "updated_at": finished_at}
             if outcome.stored:
-                delivery.state = DeliveryState.DELIVERED.value
-                delivery.last_error = None
-                delivery.next_attempt_at = None
-                delivery.delivered_at = finished_at
-                recorded.append(RecordedOutcome(delivery.id, delivery.state, None))
-            elif policy.exhausted(delivery.attempts):
-                delivery.state = DeliveryState.FAILED.value
-                delivery.last_error = f"gave up after {delivery.attempts} attempt(s): {outcome.error}"
-                delivery.next_attempt_at = None
-                recorded.append(RecordedOutcome(delivery.id, delivery.state, None))
+                event, retry_in = DeliveryEvent.STORED, None
+                values = {"last_error": None, "next_attempt_at": None, "delivered_at": finished_at}
+            elif policy.exhausted(attempts):
+                event, retry_in = DeliveryEvent.GAVE_UP, None
+                values = {"last_error": f"gave up after {attempts} attempt(s): {outcome.error}", "next_attempt_at": None}
             else:
-                delay = policy.delay_after(delivery.attempts)
-                delivery.last_error = outcome.error
-                delivery.next_attempt_at = as_utc(finished_at) + dt.timedelta(seconds=delay)
-                recorded.append(RecordedOutcome(delivery.id, delivery.state, delay))
+                event, retry_in = DeliveryEvent.RETRY, policy.delay_after(attempts)
+                values = {
+                    "last_error": outcome.error,
+                    "next_attempt_at": as_utc(finished_at) + dt.timedelta(seconds=retry_in),
+                }
+            if DELIVERY.apply(session, Delivery, event, Delivery.id == delivery.id, values={**common, **values}) == 1:
+                recorded.append(RecordedOutcome(delivery.id, DELIVERY.next_state(delivery.state, event), retry_in))
+            else:  # moved meanwhile (e.g. a resend reset it): its newer state stands
+                log.info("delivery %d is %s; outcome of this attempt recorded as history only", delivery.id, delivery.state)
+                recorded.append(RecordedOutcome(delivery.id, delivery.state, None))
     return recorded
 
 
@@ -203,7 +200,7 @@ def pending_by_destination(
     or their worker died and its lease ran out); without, every pending one.
     """
     now = as_utc(now or utcnow())
-    query = select(Delivery.id, Delivery.destination).where(Delivery.state == DeliveryState.PENDING.value)
+    query = select(Delivery.id, Delivery.destination).where(Delivery.state == DeliveryState.PENDING)
     if overdue_seconds is not None:
         query = query.where(Delivery.next_attempt_at <= now - dt.timedelta(seconds=overdue_seconds))
     grouped: dict[str, list[int]] = {}
@@ -219,9 +216,10 @@ def reset_for_resend(session: Session, delivery_ids: Iterable[int], *, now: dt.d
     ids = list(delivery_ids)
     if not ids:
         return
-    session.execute(
-        update(Delivery)
-        .where(Delivery.id.in_(ids))
-        .values(state=DeliveryState.PENDING.value, attempts=0, next_attempt_at=now, last_error=None, updated_at=now)
-        .execution_options(synchronize_session=False)
+    DELIVERY.apply(
+        session,
+        Delivery,
+        DeliveryEvent.RESEND,
+        Delivery.id.in_(ids),
+        values={"attempts": 0, "next_attempt_at": now, "last_error": None, "updated_at": now},
     )

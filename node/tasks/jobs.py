@@ -1,13 +1,13 @@
-"""Claiming and finishing jobs idempotently; the start-up sweep.
+"""Claiming and closing jobs idempotently; the sweep that re-queues jobs whose worker died.
 
-Every transition is a conditional ``UPDATE`` on the job row, keyed on its state and its
-``attempts`` counter (the claim token), so that:
+Every move is a conditional ``UPDATE`` built by :mod:`node.lifecycle`, keyed on the job's
+state and its ``attempts`` counter (the claim token), so that:
 
 - a duplicate wake-up, or one for a job already done, finds nothing to claim and returns;
 - a worker whose job was taken over (after it was presumed dead) cannot overwrite the outcome
   of the newer attempt;
 - a job for an old generation of a study (a late instance re-opened it) never moves the study
-  back to ``done``: study updates also match on the generation.
+  back to ``done``: study moves also match on the generation.
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
-from node.completion import as_utc
-from node.constants import JobState, StudyState
+from node.constants import JobState
 from node.db import Database, Job, Study
-from node.db.schema import utcnow
+from node.db.schema import as_utc, utcnow
+from node.lifecycle import JOB, STUDY, JobEvent, StudyEvent
 from node.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ ERROR_MAX_CHARS = 2000
 
 @dataclass(frozen=True)
 class ClaimedJob:
-    """A job this worker holds; ``attempt`` is the claim token checked when it finishes."""
+    """A job this worker holds; ``attempt`` is the claim token checked when it closes."""
 
     job_id: int
     study_id: int
@@ -46,6 +47,14 @@ class ClaimedJob:
     worker: str
     calling_aet: str | None
     called_aet: str | None
+
+
+def _move_study(session: Session, study_id: int, generation: int, event: StudyEvent, now: dt.datetime) -> bool:
+    # Only the study's current generation moves; a re-opened study stays `received`.
+    moved = STUDY.apply(
+        session, Study, event, Study.id == study_id, Study.generation == generation, values={"updated_at": now}
+    )
+    return moved == 1
 
 
 def claim_job(database: Database, job_id: int, *, worker: str, stale_after_seconds: float, now: dt.datetime | None = None) -> ClaimedJob | None:
@@ -67,32 +76,35 @@ def claim_job(database: Database, job_id: int, *, worker: str, stale_after_secon
             log.warning("wake-up for job %d, which does not exist; ignored", job_id)
             return None
         attempts, state, study_id, generation = row
-        if state not in (JobState.QUEUED.value, JobState.RUNNING.value):
+        if state not in (JobState.QUEUED, JobState.RUNNING):
             log.info("job %d is %s; duplicate wake-up ignored", job_id, state)
             return None
-        claimable = or_(
-            Job.state == JobState.QUEUED.value,
-            (Job.state == JobState.RUNNING.value) & (Job.started_at <= stale_before),
-        )
+        this_attempt = (Job.id == job_id, Job.attempts == attempts)
+        if state is JobState.RUNNING:
+            this_attempt += (Job.started_at <= stale_before,)  # a live worker may still hold it
         if attempts >= MAX_JOB_ATTEMPTS:
-            failed = session.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.attempts == attempts, claimable)
-                .values(
-                    state=JobState.FAILED.value,
-                    finished_at=now,
-                    error=f"gave up after {attempts} attempts: the worker stopped during each of them",
-                )
-            ).rowcount
+            failed = JOB.apply(
+                session,
+                Job,
+                JobEvent.GAVE_UP,
+                *this_attempt,
+                values={
+                    "finished_at": now,
+                    "error": f"gave up after {attempts} attempts: the worker stopped during each of them",
+                },
+            )
             if failed == 1:
-                _set_study_state(session, study_id, generation, StudyState.FAILED, now)
+                _move_study(session, study_id, generation, StudyEvent.GAVE_UP, now)
                 log.error("job %d failed: %d attempts used", job_id, attempts)
             return None
-        claimed = session.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.attempts == attempts, claimable)
-            .values(state=JobState.RUNNING.value, attempts=attempts + 1, started_at=now, worker=worker, error=None)
-        ).rowcount
+        event = JobEvent.CLAIMED if state is JobState.QUEUED else JobEvent.TAKEN_OVER
+        claimed = JOB.apply(
+            session,
+            Job,
+            event,
+            *this_attempt,
+            values={"attempts": attempts + 1, "started_at": now, "worker": worker, "error": None},
+        )
         if claimed != 1:
             log.info("job %d is already being run; duplicate wake-up ignored", job_id)
             return None
@@ -102,14 +114,13 @@ def claim_job(database: Database, job_id: int, *, worker: str, stale_after_secon
             )
         ).one()
         if study.generation != generation:
-            session.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.attempts == attempts + 1)
-                .values(
-                    state=JobState.DONE.value,
-                    finished_at=now,
-                    summary={"superseded_by_generation": study.generation},
-                )
+            JOB.apply(
+                session,
+                Job,
+                JobEvent.SUPERSEDED,
+                Job.id == job_id,
+                Job.attempts == attempts + 1,
+                values={"finished_at": now, "summary": {"superseded_by_generation": study.generation}},
             )
             log.info(
                 "job %d of study %s is for generation %d, the study is at %d; closed as superseded",
@@ -119,7 +130,7 @@ def claim_job(database: Database, job_id: int, *, worker: str, stale_after_secon
                 study.generation,
             )
             return None
-        _set_study_state(session, study_id, generation, StudyState.RUNNING, now)
+        _move_study(session, study_id, generation, StudyEvent.JOB_CLAIMED, now)
     log.info("job %d (study %s, generation %d) claimed by %s, attempt %d", job_id, study.study_instance_uid, generation, worker, attempts + 1)
     return ClaimedJob(
         job_id=job_id,
@@ -133,43 +144,38 @@ def claim_job(database: Database, job_id: int, *, worker: str, stale_after_secon
     )
 
 
-def _set_study_state(session: Any, study_id: int, generation: int, state: StudyState, now: dt.datetime) -> bool:
-    # Only the study's current generation moves; a re-opened study stays `received`.
-    moved = session.execute(
-        update(Study)
-        .where(
-            Study.id == study_id,
-            Study.generation == generation,
-            Study.state.in_([StudyState.QUEUED.value, StudyState.RUNNING.value]),
-        )
-        .values(state=state.value, updated_at=now)
-    ).rowcount
-    return moved == 1
+def close_job(
+    session: Session, claim: ClaimedJob, event: JobEvent, *, summary: dict[str, Any] | None, error: str | None = None
+) -> bool:
+    """Close the claimed job with ``event`` (finished or failed) in ``session``; False if it was taken over.
 
-
-def _close(database: Database, claim: ClaimedJob, job_state: JobState, study_state: StudyState, *, summary: dict[str, Any] | None, error: str | None) -> bool:
+    The study moves with it (``job_done`` or ``job_failed``) if it is still at the job's
+    generation. Called inside the transaction that also records the job's results, so that
+    results, deliveries and states commit together or not at all.
+    """
+    if event not in (JobEvent.FINISHED, JobEvent.FAILED):
+        raise ValueError(f"a job is closed as finished or failed; got {event.value!r}")
     now = utcnow()
-    with database.session() as session:
-        closed = session.execute(
-            update(Job)
-            .where(Job.id == claim.job_id, Job.state == JobState.RUNNING.value, Job.attempts == claim.attempt)
-            .values(state=job_state.value, finished_at=now, summary=summary, error=error)
-        ).rowcount
-        if closed != 1:
-            log.warning(
-                "job %d attempt %d was taken over by another worker; its outcome (%s) is not recorded",
-                claim.job_id,
-                claim.attempt,
-                job_state.value,
-            )
-            return False
-        study_moved = _set_study_state(session, claim.study_id, claim.generation, study_state, now)
-        current = None if study_moved else session.execute(
-            select(Study.state, Study.generation).where(Study.id == claim.study_id)
-        ).first()
-    if current is not None:
-        # Either a late instance re-opened the study (newer generation) or its deliveries already
-        # moved it on (e.g. to delivered); either way its state is newer than this job's outcome.
+    closed = JOB.apply(
+        session,
+        Job,
+        event,
+        Job.id == claim.job_id,
+        Job.attempts == claim.attempt,
+        values={"finished_at": now, "summary": summary, "error": error[:ERROR_MAX_CHARS] if error else None},
+    )
+    if closed != 1:
+        log.warning(
+            "job %d attempt %d was taken over by another worker; its outcome (%s) is not recorded",
+            claim.job_id,
+            claim.attempt,
+            event.value,
+        )
+        return False
+    study_event = StudyEvent.JOB_DONE if event is JobEvent.FINISHED else StudyEvent.JOB_FAILED
+    if not _move_study(session, claim.study_id, claim.generation, study_event, now):
+        current = session.execute(select(Study.state, Study.generation).where(Study.id == claim.study_id)).one()
+        # A late instance re-opened the study (newer generation): its state is newer than this job's outcome.
         log.info(
             "job %d finished for generation %d of study %s; study is already %s (generation %d), state left as is",
             claim.job_id,
@@ -181,14 +187,10 @@ def _close(database: Database, claim: ClaimedJob, job_state: JobState, study_sta
     return True
 
 
-def finish_job(database: Database, claim: ClaimedJob, summary: dict[str, Any] | None = None) -> bool:
-    """Mark the claimed job ``done`` (and its study, if still at that generation); False if taken over."""
-    return _close(database, claim, JobState.DONE, StudyState.DONE, summary=summary, error=None)
-
-
 def fail_job(database: Database, claim: ClaimedJob, error: str, summary: dict[str, Any] | None = None) -> bool:
     """Mark the claimed job ``failed`` with ``error`` (and its study); False if taken over."""
-    return _close(database, claim, JobState.FAILED, StudyState.FAILED, summary=summary, error=error[:ERROR_MAX_CHARS])
+    with database.session() as session:
+        return close_job(session, claim, JobEvent.FAILED, summary=summary, error=error)
 
 
 def requeue_unfinished(database: Database, settings: Settings, *, running_are_dead: bool, now: dt.datetime | None = None) -> list[int]:
@@ -205,28 +207,22 @@ def requeue_unfinished(database: Database, settings: Settings, *, running_are_de
     with database.session() as session:
         rows = session.execute(
             select(Job.id, Job.state, Job.attempts, Job.started_at, Job.study_id, Job.generation)
-            .where(Job.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]))
+            .where(Job.state.in_([JobState.QUEUED, JobState.RUNNING]))
             .order_by(Job.id)
         ).all()
     wake: list[int] = []
     for job_id, state, attempts, started_at, study_id, generation in rows:
-        if state == JobState.QUEUED.value:
+        if state is JobState.QUEUED:
             wake.append(job_id)
             continue
         if not running_are_dead and started_at is not None and as_utc(started_at) > stale_before:
             continue  # a live worker may still hold it
         with database.session() as session:
-            reset = session.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.state == JobState.RUNNING.value, Job.attempts == attempts)
-                .values(state=JobState.QUEUED.value, worker=None)
-            ).rowcount
+            reset = JOB.apply(
+                session, Job, JobEvent.WORKER_LOST, Job.id == job_id, Job.attempts == attempts, values={"worker": None}
+            )
             if reset == 1:
-                session.execute(
-                    update(Study)
-                    .where(Study.id == study_id, Study.generation == generation, Study.state == StudyState.RUNNING.value)
-                    .values(state=StudyState.QUEUED.value, updated_at=now)
-                )
+                _move_study(session, study_id, generation, StudyEvent.WORKER_LOST, now)
         if reset == 1:
             log.warning("job %d was running when its worker stopped; queued again", job_id)
             wake.append(job_id)
@@ -238,10 +234,16 @@ def requeue_unfinished(database: Database, settings: Settings, *, running_are_de
 def queued_job_ids(database: Database) -> list[int]:
     """Ids of every ``queued`` job, oldest first."""
     with database.session() as session:
-        return list(session.scalars(select(Job.id).where(Job.state == JobState.QUEUED.value).order_by(Job.id)))
+        return list(session.scalars(select(Job.id).where(Job.state == JobState.QUEUED).order_by(Job.id)))
 
 
 def requeue_stale_running(database: Database, settings: Settings) -> list[int]:
     """Periodic part of the sweep (broker mode): running jobs past the job timeout, re-queued."""
     queued_ids = set(queued_job_ids(database))
     return [job_id for job_id in requeue_unfinished(database, settings, running_are_dead=False) if job_id not in queued_ids]
+
+
+def finish_job(database: Database, claim: ClaimedJob, summary: dict[str, Any] | None = None) -> bool:
+    """Mark the claimed job ``done`` with ``summary`` (and its study) in its own transaction; False if taken over."""
+    with database.session() as session:
+        return close_job(session, claim, JobEvent.FINISHED, summary=summary)

@@ -65,3 +65,31 @@ def test_processes_starting_together_create_the_schema_once(tmp_path: Path) -> N
     database = Database(url)
     assert database.current_revision() == database.head_revision()
     assert _schema_differences(database) == []
+
+
+def test_state_enum_migration_keeps_existing_rows_and_refuses_unknown_states(tmp_path: Path) -> None:
+    from sqlalchemy.exc import IntegrityError, StatementError
+
+    from node.constants import StudyState
+    from node.db import Study
+
+    database = Database(f"sqlite:///{tmp_path / 'node.sqlite3'}")
+    database.upgrade("0002")
+    with database.engine.begin() as connection:
+        for n, state in enumerate(("received", "running", "delivered")):
+            connection.exec_driver_sql(
+                "INSERT INTO studies (study_instance_uid, state, first_received_at, last_received_at, generation, updated_at) "
+                f"VALUES ('1.2.{n}', '{state}', '2026-12-01 10:00:00', '2026-12-01 10:00:00', 0, '2026-12-01 10:00:00')"
+            )
+
+    database.upgrade()
+
+    with database.session() as session:
+        states = [row.state for row in session.query(Study).order_by(Study.study_instance_uid)]
+    assert states == [StudyState.RECEIVED, StudyState.RUNNING, StudyState.DELIVERED]
+    with pytest.raises(IntegrityError):  # the CHECK constraint of the enum type
+        with database.engine.begin() as connection:
+            connection.exec_driver_sql("UPDATE studies SET state = 'lost' WHERE study_instance_uid = '1.2.0'")
+    with pytest.raises(StatementError, match="lost"):
+        with database.session() as session:
+            session.query(Study).filter_by(study_instance_uid="1.2.0").update({"state": "lost"})
