@@ -1,7 +1,7 @@
-"""The per-study processing of issue 5: images -> models -> SEG + SR -> records -> deliveries.
+"""One image's way: selection -> pixels -> models -> output builders -> records.
 
-Registered as the study step ``analysis`` of ``process_study`` (:mod:`node.tasks.process` opens
-and decodes every instance first). For each instance of the study:
+Called by ``process_study`` (:mod:`node.tasks.process`) for each instance of a claimed job,
+one decoded image at a time:
 
 1. **Selection** (:func:`node.processing.selection.classify_instance`): laterals, other body
    parts and other modalities get a ``skipped`` result with the reason; an unreadable or
@@ -10,16 +10,16 @@ and decodes every instance first). For each instance of the study:
    as displayed, with the pixel spacing.
 3. **Models** (:func:`models.analyze_policies`): one segmentation, then every mask policy of
    the study (``settings.policies_for(calling AET, called AET)``).
-4. **Outputs**: one lung SEG per image (it does not depend on the policy), one TID 1500 SR per
-   image and policy; written atomically under ``data_dir/outputs``.
-5. **Records**: a ``results`` row per (job, image, policy) with probabilities, thresholds,
-   decisions, model versions and seconds per stage; an ``output_objects`` row per file.
-6. **Deliveries**: a row per output and destination, then one ``deliver`` wake-up per
-   destination (queue ``delivery``).
+4. **Outputs**: the output builders (:mod:`node.outputs.builders`): one lung SEG per image
+   (it does not depend on the policy), one TID 1500 SR per image and policy; written
+   atomically under ``data_dir/outputs``.
+5. **Records** (:func:`store_records`, in the transaction that closes the job): a ``results``
+   row per (job, image, policy) with probabilities, thresholds, decisions, model versions and
+   seconds per stage; an ``output_objects`` row per file.
 
 Idempotent: output UIDs are derived from the source, the model versions and the policy, and
 rows are keyed by (job, instance, policy) and (job, SOP Instance UID), so a retried job
-rewrites the same files and updates the same rows; deliveries already delivered stay so.
+rewrites the same files and updates the same rows.
 """
 
 from __future__ import annotations
@@ -38,28 +38,23 @@ from typing import TYPE_CHECKING, Any
 from pydicom.dataset import Dataset
 from sqlalchemy import select
 
-from node.constants import OutputKind, ResultStatus
-from node.db import Database
+from sqlalchemy.orm import Session
+
+from node.constants import ResultStatus
 from node.db.schema import OutputObject, Result
-from node.delivery.destinations import destinations_for
-from node.delivery.records import create_deliveries
-from node.delivery.task import enqueue_deliveries, group_by_destination
+from node.outputs.builders import DEFAULT_BUILDERS, BuildInput, OutputBuilder
+from node.outputs.files import write_output
 from node.settings import Settings
-from node.tasks.registry import study_step
 
 if TYPE_CHECKING:  # pragma: no cover
     from models.loading import ModelBundle
     from models.result import AnalysisResult
-    from node.tasks.context import TaskContext
-    from node.tasks.jobs import ClaimedJob
     from node.tasks.process import OpenedInstance
 
 log = logging.getLogger(__name__)
 
-#: Name of the study step (the job summary holds its summary under this key).
+#: Key of the analysis summary in a job's summary (``summary["steps"]["analysis"]``).
 STEP_NAME = "analysis"
-#: Runs after any inspection-only step of lower order.
-STEP_ORDER = 500
 #: Stages that are model forward passes; everything else is the node's own overhead.
 MODEL_STAGES = ("image_encoder", "mask_decoder", "classifier", "regions")
 
@@ -96,87 +91,43 @@ class ImageRecord:
     reason: str | None = None
     analysis: "AnalysisResult | None" = None
     timings: dict[str, float] = field(default_factory=dict)
-    outputs: list[tuple[OutputKind, Dataset, Path]] = field(default_factory=list)
+    outputs: list[tuple[OutputBuilder, Dataset, Path]] = field(default_factory=list)
 
 
-@study_step(STEP_NAME, order=STEP_ORDER)
-def analyse_study(claim: "ClaimedJob", instances: "list[OpenedInstance]", context: "TaskContext") -> dict[str, Any]:
-    """The ``analysis`` study step: see the module docstring."""
-    return process_images(
-        claim, instances, context.settings, context.database, dispatcher=context.dispatcher, bundle=None
-    )
-
-
-def process_images(
-    claim: "ClaimedJob",
-    instances: "Sequence[OpenedInstance]",
-    settings: Settings,
-    database: Database,
-    *,
-    dispatcher: object | None = None,
-    bundle: "ModelBundle | None" = None,
+def analysis_summary(
+    records: Sequence[ImageRecord], output_ids: Sequence[int], destinations: Sequence[object], delivery_ids: Sequence[int]
 ) -> dict[str, Any]:
-    """Analyse, write, record and enqueue delivery for the opened ``instances`` of a claimed job.
-
-    Returns the step summary (JSON-serialisable): policies, counts, reasons per skipped or
-    failed instance, output and delivery counts, seconds per phase.
-    """
-    started = time.perf_counter()
-    policies = settings.policies_for(claim.calling_aet, claim.called_aet)
-    records: list[ImageRecord] = []
-    for opened in instances:
-        records.extend(_process_one(opened, policies, settings, bundle))
-    processed = time.perf_counter()
-
-    output_ids = _store_records(database, claim.job_id, records, settings.output_dir)
-    destinations = destinations_for(settings, claim.calling_aet)
-    with database.session() as session:
-        delivery_ids = create_deliveries(session, output_ids, destinations)
-    wakeups = 0
-    if dispatcher is not None and delivery_ids:
-        wakeups = enqueue_deliveries(dispatcher, group_by_destination(database, delivery_ids))
-    finished = time.perf_counter()
-
-    summary: dict[str, Any] = {
-        "policies": list(policies),
-        "images": len(instances),
+    """The ``analysis`` part of a job summary (JSON-serialisable): counts and reasons per image."""
+    return {
+        "policies": list(dict.fromkeys(r.policy for r in records)),
+        "images": len({r.instance_id for r in records}),
         "ok": sorted({r.sop_instance_uid for r in records if r.status is ResultStatus.OK}),
         "skipped": {r.sop_instance_uid: r.reason for r in records if r.status is ResultStatus.SKIPPED},
         "failed": {f"{r.sop_instance_uid} ({r.policy})": r.reason for r in records if r.status is ResultStatus.FAILED},
         "outputs": len(output_ids),
         "destinations": [str(d) for d in destinations],
         "deliveries_enqueued": len(delivery_ids),
-        "delivery_wakeups": wakeups,
-        "seconds": {
-            "images": round(processed - started, 4),
-            "record_and_enqueue": round(finished - processed, 4),
-        },
     }
-    log.info(
-        "study %s job %d: %d image(s), %d ok, %d skipped, %d failed result(s), %d output(s), %d deliveries",
-        claim.study_instance_uid,
-        claim.job_id,
-        len(instances),
-        len(summary["ok"]),
-        len(summary["skipped"]),
-        len(summary["failed"]),
-        len(output_ids),
-        len(delivery_ids),
-    )
-    return summary
 
 
 def _records_for_all(opened: "OpenedInstance", policies: Sequence[str], status: ResultStatus, reason: str, timings: dict[str, float]) -> list[ImageRecord]:
     return [ImageRecord(opened.instance_id, opened.sop_instance_uid, p, status, reason, timings=dict(timings)) for p in policies]
 
 
-def _process_one(
-    opened: "OpenedInstance", policies: Sequence[str], settings: Settings, bundle: "ModelBundle | None"
+def analyse_image(
+    opened: "OpenedInstance",
+    policies: Sequence[str],
+    settings: Settings,
+    builders: Sequence[OutputBuilder] = DEFAULT_BUILDERS,
+    bundle: "ModelBundle | None" = None,
 ) -> list[ImageRecord]:
+    """Select, analyse and build the outputs of one opened instance; one record per policy.
+
+    Outputs are written under ``settings.output_dir`` (atomically, deterministic UIDs); a
+    data fault of this image (not a chest frontal, undecodable, an output that cannot be built
+    from its header) becomes a skipped or failed record with the reason, never an exception.
+    """
     from models.analysis import SKIP_REASON_SEGMENTATION_FAILED, analyze_policies, classifier_skipped
-    from node.outputs.files import write_output
-    from node.outputs.seg import build_lung_segmentation
-    from node.outputs.sr import build_measurement_report
     from node.processing.pixels import model_input
     from node.processing.selection import classify_instance
 
@@ -205,55 +156,64 @@ def _process_one(
         return _records_for_all(opened, policies, ResultStatus.FAILED, f"pixel data not usable: {exc}", timings)
     timings["model_input"] = time.perf_counter() - clock
 
-    models_bundle = bundle or bundle_for(settings)
     try:
-        analyses = analyze_policies(prepared.image, prepared.pixel_spacing_mm, policies, bundle=models_bundle)
+        analyses = analyze_policies(
+            prepared.image, prepared.pixel_spacing_mm, policies, bundle=bundle or bundle_for(settings)
+        )
     except ValueError as exc:
         return _records_for_all(opened, policies, ResultStatus.FAILED, f"analysis refused the image: {exc}", timings)
 
-    segmentation = analyses[0].segmentation
-    seg_ds: Dataset | None = None
-    seg_path: Path | None = None
-    seg_timings: dict[str, float] = {}
-    if segmentation.ok:
-        clock = time.perf_counter()
+    records = [
+        ImageRecord(opened.instance_id, opened.sop_instance_uid, a.policy, ResultStatus.OK, analysis=a) for a in analyses
+    ]
+    for record in records:
+        record.timings = {**timings, **{k: float(v) for k, v in record.analysis.timings.items()}}  # type: ignore[union-attr]
+    built: dict[str, Dataset] = {}
+    for builder in (b for b in builders if not b.per_policy):  # once per image, first policy's analysis
+        given = BuildInput(ds, analyses[0], built)
+        if builder.skip_reason(given) is not None:
+            continue
         try:
-            seg_ds = build_lung_segmentation(ds, analyses[0])
+            output, seconds = _build_and_write(builder, given, settings.output_dir)
         except ValueError as exc:
-            return _records_for_all(opened, policies, ResultStatus.FAILED, f"SEG could not be built: {exc}", timings)
-        seg_timings["build_seg"] = time.perf_counter() - clock
-        clock = time.perf_counter()
-        seg_path = write_output(settings.output_dir, seg_ds)
-        seg_timings["write_seg"] = time.perf_counter() - clock
+            return _records_for_all(opened, policies, ResultStatus.FAILED, f"{builder.kind} could not be built: {exc}", timings)
+        built[builder.kind] = output[1]
+        records[0].outputs.append(output)
+        for record in records:
+            record.timings.update(seconds)
 
-    records: list[ImageRecord] = []
-    for index, analysis in enumerate(analyses):
-        record = ImageRecord(opened.instance_id, opened.sop_instance_uid, analysis.policy, ResultStatus.OK, analysis=analysis)
-        record.timings = {**timings, **{k: float(v) for k, v in analysis.timings.items()}, **seg_timings}
-        if index == 0 and seg_ds is not None and seg_path is not None:
-            record.outputs.append((OutputKind.SEG, seg_ds, seg_path))
+    segmentation = analyses[0].segmentation
+    for record in records:
+        analysis = record.analysis
+        assert analysis is not None  # set above for every record
         if classifier_skipped(analysis):
             record.status = ResultStatus.FAILED
             record.reason = f"{SKIP_REASON_SEGMENTATION_FAILED}: {segmentation.failure_reason}"
-            records.append(record)
             continue
-        clock = time.perf_counter()
-        try:
-            sr_ds = build_measurement_report(ds, seg_ds, analysis)
-        except ValueError as exc:
-            record.status = ResultStatus.FAILED
-            record.reason = f"SR could not be built: {exc}"
-            records.append(record)
-            continue
-        record.timings["build_sr"] = time.perf_counter() - clock
-        clock = time.perf_counter()
-        sr_path = write_output(settings.output_dir, sr_ds)
-        record.timings["write_sr"] = time.perf_counter() - clock
-        record.outputs.append((OutputKind.SR, sr_ds, sr_path))
-        if not segmentation.ok:
+        for builder in (b for b in builders if b.per_policy):
+            given = BuildInput(ds, analysis, built)
+            if builder.skip_reason(given) is not None:
+                continue
+            try:
+                output, seconds = _build_and_write(builder, given, settings.output_dir)
+            except ValueError as exc:
+                record.status = ResultStatus.FAILED
+                record.reason = f"{builder.kind} could not be built: {exc}"
+                break
+            record.outputs.append(output)
+            record.timings.update(seconds)
+        if record.status is ResultStatus.OK and not segmentation.ok:
             record.reason = f"lung segmentation failed ({segmentation.failure_reason}); no SEG, SR without lung areas"
-        records.append(record)
     return records
+
+
+def _build_and_write(builder: OutputBuilder, given: BuildInput, output_dir: Path) -> tuple[tuple[OutputBuilder, Dataset, Path], dict[str, float]]:
+    clock = time.perf_counter()
+    ds = builder.build(given)
+    built_at = time.perf_counter()
+    path = write_output(output_dir, ds)
+    name = builder.kind.lower()
+    return (builder, ds, path), {f"build_{name}": built_at - clock, f"write_{name}": time.perf_counter() - built_at}
 
 
 def model_versions_json(analysis: "AnalysisResult") -> dict[str, Any]:
@@ -268,37 +228,36 @@ def _finite(value: float) -> float | None:
     return None if value is None or math.isnan(value) else float(value)
 
 
-def _store_records(database: Database, job_id: int, records: Sequence[ImageRecord], output_dir: Path) -> list[int]:
-    """Upsert result and output rows of ``records``; return the output ids, SEG before SR."""
+def store_records(session: Session, job_id: int, records: Sequence[ImageRecord], output_dir: Path) -> list[int]:
+    """Upsert result and output rows of ``records`` in ``session``; return the output ids in build order."""
     output_ids: list[int] = []
-    with database.session() as session:
-        for record in records:
-            clock = time.perf_counter()
-            row = session.scalar(
-                select(Result).where(
-                    Result.job_id == job_id, Result.instance_id == record.instance_id, Result.policy == record.policy
-                )
+    for record in records:
+        clock = time.perf_counter()
+        row = session.scalar(
+            select(Result).where(
+                Result.job_id == job_id, Result.instance_id == record.instance_id, Result.policy == record.policy
             )
-            if row is None:
-                row = Result(job_id=job_id, instance_id=record.instance_id, policy=record.policy)
-                session.add(row)
-            analysis = record.analysis
-            row.status = record.status.value
-            row.reason = record.reason
-            row.probabilities = dict(analysis.probabilities) if analysis and analysis.probabilities else None
-            row.no_finding = _finite(analysis.no_finding) if analysis and analysis.probabilities else None
-            row.thresholds = dict(analysis.thresholds) if analysis else None
-            row.decisions = {k: bool(v) for k, v in analysis.decisions.items()} if analysis and analysis.decisions else None
-            row.model_versions = model_versions_json(analysis) if analysis else None
-            session.flush()
-            for kind, ds, path in record.outputs:
-                output_ids.append(_upsert_output(session, job_id, row.id, kind, ds, path, output_dir))
-            record.timings["record"] = time.perf_counter() - clock
-            row.timings = {k: round(v, 5) for k, v in record.timings.items()}
+        )
+        if row is None:
+            row = Result(job_id=job_id, instance_id=record.instance_id, policy=record.policy)
+            session.add(row)
+        analysis = record.analysis
+        row.status = record.status.value
+        row.reason = record.reason
+        row.probabilities = dict(analysis.probabilities) if analysis and analysis.probabilities else None
+        row.no_finding = _finite(analysis.no_finding) if analysis and analysis.probabilities else None
+        row.thresholds = dict(analysis.thresholds) if analysis else None
+        row.decisions = {k: bool(v) for k, v in analysis.decisions.items()} if analysis and analysis.decisions else None
+        row.model_versions = model_versions_json(analysis) if analysis else None
+        session.flush()
+        for builder, ds, path in record.outputs:
+            output_ids.append(_upsert_output(session, job_id, row.id, builder, ds, path, output_dir))
+        record.timings["record"] = time.perf_counter() - clock
+        row.timings = {k: round(v, 5) for k, v in record.timings.items()}
     return list(dict.fromkeys(output_ids))
 
 
-def _upsert_output(session: Any, job_id: int, result_id: int, kind: OutputKind, ds: Dataset, path: Path, output_dir: Path) -> int:
+def _upsert_output(session: Session, job_id: int, result_id: int, builder: OutputBuilder, ds: Dataset, path: Path, output_dir: Path) -> int:
     sop_instance_uid = str(ds.SOPInstanceUID)
     row = session.scalar(
         select(OutputObject).where(OutputObject.job_id == job_id, OutputObject.sop_instance_uid == sop_instance_uid)
@@ -306,7 +265,7 @@ def _upsert_output(session: Any, job_id: int, result_id: int, kind: OutputKind, 
     data = path.read_bytes()
     values = {
         "result_id": result_id,
-        "kind": kind.value,
+        "kind": builder.kind,
         "sop_class_uid": str(ds.SOPClassUID),
         "series_instance_uid": str(ds.SeriesInstanceUID),
         "study_instance_uid": str(ds.StudyInstanceUID),
@@ -319,8 +278,8 @@ def _upsert_output(session: Any, job_id: int, result_id: int, kind: OutputKind, 
         row = OutputObject(job_id=job_id, sop_instance_uid=sop_instance_uid, **values)
         session.add(row)
     else:
-        if row.result_id is not None and kind is OutputKind.SEG:
-            values.pop("result_id")  # the SEG stays linked to the first policy's result
+        if row.result_id is not None and not builder.per_policy:
+            values.pop("result_id")  # an image-scoped output stays linked to the first policy's result
         for key, value in values.items():
             setattr(row, key, value)
     session.flush()

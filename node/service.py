@@ -8,8 +8,8 @@ Start-up order:
 2. the dispatcher is created (Celery with a broker, else in-process thread pools);
 3. the sweep: every job the database says is unfinished gets a wake-up (in-process, every
    ``running`` job is dead — its threads belonged to the previous process; with a broker,
-   only those running past ``CXR_NODE_JOB_TIMEOUT_SECONDS``), then the registered start-up
-   sweeps run (:func:`node.tasks.registry.startup_sweep`);
+   only those running past ``CXR_NODE_JOB_TIMEOUT_SECONDS``), then every pending delivery is
+   woken (:func:`node.delivery.task.requeue_pending_deliveries`);
 4. the completion scanner thread starts;
 5. the DICOM listener starts (:func:`node.scp.server.start_listener`).
 
@@ -32,7 +32,8 @@ from node.settings import Settings
 from node.tasks.context import TaskContext
 from node.tasks.dispatch import Dispatcher, create_dispatcher
 from node.tasks.jobs import queued_job_ids, requeue_stale_running, requeue_unfinished
-from node.tasks.registry import startup_sweeps
+from node.delivery.senders import check_destinations
+from node.delivery.task import requeue_pending_deliveries
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class NodeService:
     def start(self) -> None:
         """Bring the node up (see the module docstring for the order)."""
         settings = self.settings
+        check_destinations(settings)
         self.database.ensure_schema()
         settings.spool_dir.mkdir(parents=True, exist_ok=True)
         self.dispatcher = create_dispatcher(settings, self.database)
@@ -71,11 +73,10 @@ class NodeService:
         )
         wake = requeue_unfinished(self.database, settings, running_are_dead=self.in_process)
         context = TaskContext(settings, self.database, self.dispatcher)
-        for sweep in startup_sweeps():
-            try:
-                sweep.fn(context)
-            except Exception:  # one sweep failing must not stop the node; its work stays in the DB
-                log.exception("start-up sweep %s failed", sweep.name)
+        try:
+            requeue_pending_deliveries(context)
+        except Exception:  # must not stop the node; the periodic delivery sweep finds them again
+            log.exception("start-up sweep of pending deliveries failed")
         dispatcher = self.dispatcher
         if not self.in_process:
             self._broker_id = self._read_broker_id()

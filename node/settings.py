@@ -46,28 +46,43 @@ def validate_ae_title(value: str, what: str = "AE title") -> str:
     return stripped
 
 
+#: The scheme of a destination written without one (``AET@host:port``): DICOM C-STORE.
+DICOM_SCHEME = "dicom"
+
+
 @dataclass(frozen=True)
 class RemoteNode:
-    """A DICOM peer written as ``AET@host:port``."""
+    """A peer written as ``[scheme://]AET@host:port``; the scheme names its protocol.
+
+    ``dicom://AET@host:port`` and the plain ``AET@host:port`` are the same DICOM peer
+    (C-ECHO, C-STORE). Another scheme names another sender (see :mod:`node.delivery.senders`);
+    whether the node has a sender for it is checked when the node starts, not here.
+    """
 
     ae_title: str
     host: str
     port: int
+    scheme: str = DICOM_SCHEME
 
     @classmethod
     def parse(cls, text: str) -> "RemoteNode":
-        """Parse ``AET@host:port``; raise ``ValueError`` saying the expected form."""
-        match = re.fullmatch(r"\s*([^@]+)@(\[[^\]]+\]|[^:]+):(\d+)\s*", text)
+        """Parse ``[scheme://]AET@host:port``; raise ``ValueError`` saying the expected form."""
+        match = re.fullmatch(r"\s*(?:([a-z][a-z0-9+.-]*)://)?([^@/]+)@(\[[^\]]+\]|[^:/]+):(\d+)\s*", text)
         if not match:
-            raise ValueError(f"{text!r} is not a DICOM peer; write it as AET@host:port, e.g. PACS@10.0.0.5:104")
-        aet, host, port = match.groups()
+            raise ValueError(
+                f"{text!r} is not a DICOM peer; write it as AET@host:port or dicom://AET@host:port, "
+                "e.g. PACS@10.0.0.5:104"
+            )
+        scheme, aet, host, port = match.groups()
         port_number = int(port)
         if not 1 <= port_number <= 65535:
             raise ValueError(f"{text!r}: port {port_number} is outside 1..65535")
-        return cls(validate_ae_title(aet), host.strip("[]"), port_number)
+        return cls(validate_ae_title(aet), host.strip("[]"), port_number, scheme or DICOM_SCHEME)
 
     def __str__(self) -> str:
-        return f"{self.ae_title}@{self.host}:{self.port}"
+        # The plain form for DICOM, as destinations have always been recorded in the database.
+        address = f"{self.ae_title}@{self.host}:{self.port}"
+        return address if self.scheme == DICOM_SCHEME else f"{self.scheme}://{address}"
 
 
 def _split_list(value: Any) -> Any:
@@ -157,7 +172,7 @@ class Settings(BaseSettings):
 
     # --- delivery ----------------------------------------------------------------------------
     destinations: Annotated[list[RemoteNode], NoDecode] = Field(
-        default_factory=list, description="Where SEG and SR go, AET@host:port, comma separated."
+        default_factory=list, description="Where SEG and SR go, [dicom://]AET@host:port, comma separated."
     )
     known_pacs: Annotated[list[RemoteNode], NoDecode] = Field(
         default_factory=list, description="PACS that get results sent back when they are the sender."

@@ -1,7 +1,7 @@
 """C-STORE SCU: send output files to one destination over one association.
 
-A PACS may reject an association that proposes every storage SOP class (see
-``../shared/FACTS.md``: Orthanc refuses a SEG from ``storescu`` without ``-R``). So the
+A PACS may reject an association that proposes every storage SOP class (Orthanc, for one,
+refuses a SEG from ``storescu`` unless it proposes only what it sends). So the
 association proposes exactly what is sent: one presentation context per distinct
 (SOP Class UID, Transfer Syntax UID) pair of the files, nothing else (PS3.8 7.1.1.13).
 
@@ -15,55 +15,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 from pydicom.uid import UID
-from pynetdicom import AE
 
+from node.delivery.association import AssociationTimeouts, open_association
+from node.delivery.items import STATUS_SUCCESS, StoreItem, StoreOutcome, is_stored_status
 from node.settings import RemoteNode
 
 log = logging.getLogger(__name__)
 
-STATUS_SUCCESS = 0x0000
-#: Storage warnings that still mean "stored" (PS3.4 Table B.2-1).
-WARNING_STATUSES = frozenset({0xB000, 0xB007, 0xB006})
 #: PS3.8 9.3.2.2: at most 128 presentation contexts (odd IDs 1..255) in one association.
 MAX_PRESENTATION_CONTEXTS = 128
-
-
-@dataclass(frozen=True)
-class StoreItem:
-    """One DICOM Part 10 file to send, with the identifiers the contexts are built from."""
-
-    path: Path
-    sop_class_uid: str
-    sop_instance_uid: str
-    transfer_syntax_uid: str
-
-
-@dataclass(frozen=True)
-class StoreOutcome:
-    """What the destination answered for one item.
-
-    ``status`` is the DIMSE status (``None`` when no answer came: connection refused,
-    association rejected or aborted, timeout); ``error`` says what went wrong, ``None`` when
-    the object was stored.
-    """
-
-    sop_instance_uid: str
-    status: int | None
-    error: str | None = None
-
-    @property
-    def stored(self) -> bool:
-        """True for Success and the storage warnings 0xB000, 0xB007, 0xB006."""
-        return self.error is None and self.status is not None and is_stored_status(self.status)
-
-
-def is_stored_status(status: int) -> bool:
-    """True when a C-STORE status means the object was stored (Success or a storage warning)."""
-    return status == STATUS_SUCCESS or status in WARNING_STATUSES
 
 
 def presentation_contexts(items: Sequence[StoreItem]) -> list[tuple[str, str]]:
@@ -90,9 +52,7 @@ def send_files(
     items: Sequence[StoreItem],
     *,
     calling_aet: str,
-    acse_timeout: float = 30.0,
-    dimse_timeout: float = 60.0,
-    network_timeout: float = 60.0,
+    timeouts: AssociationTimeouts = AssociationTimeouts(),
     max_pdu: int = 0,
 ) -> list[StoreOutcome]:
     """C-STORE ``items`` to ``destination`` in one association; one outcome per item, same order.
@@ -105,19 +65,15 @@ def send_files(
     if not items:
         return []
     pairs = presentation_contexts(items)
-    ae = AE(ae_title=calling_aet)
-    ae.acse_timeout = acse_timeout
-    ae.dimse_timeout = dimse_timeout
-    ae.network_timeout = network_timeout
-    for sop_class_uid, transfer_syntax_uid in pairs:
-        ae.add_requested_context(sop_class_uid, [transfer_syntax_uid])
-
-    log.info(
-        "associating %s -> %s with %d context(s) for %d object(s)", calling_aet, destination, len(pairs), len(items)
+    assoc = open_association(
+        destination,
+        [(sop_class, [syntax]) for sop_class, syntax in pairs],
+        calling_aet=calling_aet,
+        timeouts=timeouts,
+        max_pdu=max_pdu,
     )
-    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title, max_pdu=max_pdu)
     if not assoc.is_established:
-        reason = _association_failure(assoc, destination)
+        reason = association_failure(assoc, destination)
         log.warning("delivery to %s failed: %s", destination, reason)
         return [StoreOutcome(item.sop_instance_uid, None, reason) for item in items]
 
@@ -163,7 +119,8 @@ def _store_one(assoc, item: StoreItem, accepted: set[tuple[str, str]], destinati
     return StoreOutcome(item.sop_instance_uid, status, f"{destination} answered C-STORE status 0x{status:04X}{detail}")
 
 
-def _association_failure(assoc, destination: RemoteNode) -> str:  # type: ignore[no-untyped-def]
+def association_failure(assoc, destination: RemoteNode) -> str:  # type: ignore[no-untyped-def]
+    """Why an association with ``destination`` was not established, in words (result, source, reason)."""
     primitive = getattr(assoc.acceptor, "primitive", None)
     if assoc.is_rejected and primitive is not None:
         return (

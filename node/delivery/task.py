@@ -11,40 +11,30 @@ lost to a restart is found again by :func:`requeue_pending_deliveries` (at start
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 
-from node.constants import QUEUE_DELIVERY, TASK_DELIVER, DeliveryState, StudyState
+from node.constants import TASK_DELIVER, DeliveryState
 from node.db import Database
 from node.db.schema import Delivery, Job, OutputObject, Study, utcnow
 from node.delivery.destinations import destinations_for
 from node.delivery.policy import RetryPolicy
+from node.db.schema import as_utc
 from node.delivery.records import (
-    as_utc,
     claim_due,
     create_deliveries,
     pending_by_destination,
     record_outcomes,
     reset_for_resend,
 )
-from node.delivery.scu import send_files
+from node.delivery.senders import DEFAULT_SENDERS, Sender, sender_for
+from node.lifecycle import STUDY, StudyEvent
 from node.settings import RemoteNode, Settings
 from node.tasks.context import TaskContext
-from node.tasks.registry import startup_sweep, task
 
 log = logging.getLogger(__name__)
-
-#: Study states a finished delivery round may move: ``running`` too, because the pipeline wakes
-#: deliveries before ``process_study`` closes its job (the job closing then leaves the study as
-#: it is), and ``delivered``/``failed`` for a resend.
-_DELIVERY_MOVABLE_STATES = (
-    StudyState.RUNNING.value,
-    StudyState.DONE.value,
-    StudyState.DELIVERED.value,
-    StudyState.FAILED.value,
-)
 
 #: A pending delivery overdue by this much has lost its wake-up; the periodic sweep re-sends it.
 OVERDUE_GRACE_SECONDS = 30.0
@@ -55,18 +45,24 @@ def lease_seconds(settings: Settings, object_count: int) -> float:
     return settings.acse_timeout + settings.network_timeout + settings.dimse_timeout * (object_count + 1)
 
 
-@task(TASK_DELIVER, queue=QUEUE_DELIVERY)
 def deliver(delivery_ids: list[int], *, context: TaskContext) -> dict[str, object]:
     """Send the due deliveries among ``delivery_ids``; return counts per resulting state.
 
     Deliveries to several destinations are sent one association per destination. Failed ones
     with attempts left get a wake-up after their backoff delay; exhausted ones are failed.
     """
-    return deliver_now(context.database, context.settings, delivery_ids, dispatcher=context.dispatcher)
+    return deliver_now(
+        context.database, context.settings, delivery_ids, dispatcher=context.dispatcher, senders=context.senders
+    )
 
 
 def deliver_now(
-    database: Database, settings: Settings, delivery_ids: Sequence[int], *, dispatcher: object | None = None
+    database: Database,
+    settings: Settings,
+    delivery_ids: Sequence[int],
+    *,
+    dispatcher: object | None = None,
+    senders: Mapping[str, Sender] = DEFAULT_SENDERS,
 ) -> dict[str, object]:
     """The body of :func:`deliver`, callable without a task context (``cxr-node resend``).
 
@@ -85,15 +81,8 @@ def deliver_now(
         by_destination.setdefault(claim.destination, []).append(claim)
     for destination, claims in by_destination.items():
         started = utcnow()
-        outcomes = send_files(
-            RemoteNode.parse(destination),
-            [c.item for c in claims],
-            calling_aet=settings.ae_title,
-            acse_timeout=settings.acse_timeout,
-            dimse_timeout=settings.dimse_timeout,
-            network_timeout=settings.network_timeout,
-            max_pdu=settings.max_pdu_size,
-        )
+        remote = RemoteNode.parse(destination)
+        outcomes = sender_for(remote, senders).send(remote, [c.item for c in claims], settings)
         recorded = record_outcomes(database, claims, outcomes, policy=policy, started_at=started)
         for outcome, entry in zip(outcomes, recorded):
             counts[entry.state] = counts.get(entry.state, 0) + 1
@@ -142,7 +131,6 @@ def group_by_destination(database: Database, delivery_ids: Iterable[int]) -> dic
     return grouped
 
 
-@startup_sweep("deliveries")
 def requeue_pending_deliveries(context: TaskContext) -> dict[str, int]:
     """At start-up, wake every pending delivery: due ones now, the others when they fall due.
 
@@ -153,7 +141,7 @@ def requeue_pending_deliveries(context: TaskContext) -> dict[str, int]:
     with context.database.session() as session:
         rows = session.execute(
             select(Delivery.id, Delivery.destination, Delivery.next_attempt_at)
-            .where(Delivery.state == DeliveryState.PENDING.value)
+            .where(Delivery.state == DeliveryState.PENDING)
             .order_by(Delivery.id)
         ).all()
     wakeups: dict[tuple[str, float], list[int]] = {}
@@ -178,8 +166,8 @@ def sweep_overdue(database: Database, dispatcher: object, *, grace_seconds: floa
 def update_study_delivery_states(database: Database, delivery_ids: Sequence[int]) -> None:
     """Move the studies of these deliveries to ``delivered`` or ``failed`` once all are final.
 
-    Only the latest generation's job counts, and only a study in :data:`_DELIVERY_MOVABLE_STATES`
-    is moved (never one re-opened by a late instance).
+    Only the latest generation's job counts, and only a processed study moves (see
+    :data:`node.lifecycle.STUDY`; never one re-opened by a late instance).
     """
     if not delivery_ids:
         return
@@ -199,18 +187,16 @@ def update_study_delivery_states(database: Database, delivery_ids: Sequence[int]
                     .where(OutputObject.job_id == job_id)
                 )
             )
-            if DeliveryState.PENDING.value in states or not states:
+            if DeliveryState.PENDING in states or not states:
                 continue
-            target = StudyState.FAILED if DeliveryState.FAILED.value in states else StudyState.DELIVERED
-            session.execute(
-                update(Study)
-                .where(
-                    Study.id == study_id,
-                    Study.generation == generation,
-                    Study.state.in_(_DELIVERY_MOVABLE_STATES),
-                )
-                .values(state=target.value, updated_at=utcnow())
-                .execution_options(synchronize_session=False)
+            event = StudyEvent.DELIVERIES_FAILED if DeliveryState.FAILED in states else StudyEvent.DELIVERIES_SENT
+            STUDY.apply(
+                session,
+                Study,
+                event,
+                Study.id == study_id,
+                Study.generation == generation,
+                values={"updated_at": utcnow()},
             )
 
 

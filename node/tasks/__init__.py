@@ -1,7 +1,6 @@
 """The task queue: job claiming, the task bodies and their two transports.
 
-- :mod:`node.tasks.registry` — task functions by name (and per-study processing steps), used
-  by both transports;
+- :mod:`node.tasks.catalog` — the node's tasks by name and queue, used by both transports;
 - :mod:`node.tasks.dispatch` — :class:`~node.tasks.dispatch.Dispatcher`: Celery when
   ``CXR_NODE_BROKER_URL`` is set, an in-process thread pool otherwise;
 - :mod:`node.tasks.celery_app` — the Celery app and its configuration for long GPU jobs;

@@ -1,6 +1,6 @@
 """The Celery app, built from the settings (used when ``CXR_NODE_BROKER_URL`` is set).
 
-Configured for long GPU jobs (see docs/architecture.md and ../shared/FACTS.md):
+Configured for long GPU jobs (see docs/architecture.md):
 
 - ``task_acks_late`` + ``task_reject_on_worker_lost``: a message is acknowledged only when its
   task has returned, so a worker that dies mid-job leaves the wake-up in the broker;
@@ -12,7 +12,7 @@ Configured for long GPU jobs (see docs/architecture.md and ../shared/FACTS.md):
   ``training``); ``cxr-node worker`` picks the pool (``solo`` for inference, which CUDA
   survives; never a forked pool after CUDA was initialised).
 
-Task bodies are the functions of :mod:`node.tasks.registry`; each worker process builds one
+Task bodies are the functions of :data:`node.tasks.catalog.TASKS`; each worker process builds one
 :class:`~node.tasks.context.TaskContext` (database engine, a Celery dispatcher for follow-up
 tasks) on first use.
 """
@@ -31,7 +31,7 @@ from node.constants import QUEUE_INFERENCE
 from node.db import Database
 from node.settings import Settings
 from node.tasks.context import TaskContext
-from node.tasks.registry import TaskSpec, all_tasks
+from node.tasks.catalog import TASKS, TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def visibility_timeout_for(settings: Settings) -> int:
     return int(settings.job_timeout_seconds * VISIBILITY_FACTOR + VISIBILITY_MARGIN_SECONDS)
 
 
-def celery_config(settings: Settings) -> dict[str, Any]:
+def celery_config(settings: Settings, tasks: tuple[TaskSpec, ...] = TASKS) -> dict[str, Any]:
     """The Celery configuration for ``settings`` (names as in Celery 5's configuration reference)."""
     if not settings.broker_url:
         raise ValueError("CXR_NODE_BROKER_URL is not set; the Celery app needs a broker (unset runs tasks in-process)")
@@ -68,7 +68,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_serializer": "json",
         "accept_content": ["json"],
         "task_default_queue": QUEUE_INFERENCE,
-        "task_routes": {spec.name: {"queue": spec.queue} for spec in all_tasks()},
+        "task_routes": {spec.name: {"queue": spec.queue} for spec in tasks},
         "task_create_missing_queues": True,
         "worker_send_task_events": False,
         "enable_utc": True,
@@ -78,9 +78,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
 class _LazyContext:
     """One TaskContext per worker process, built on first use (after any fork)."""
 
-    def __init__(self, settings: Settings, app: Celery) -> None:
+    def __init__(self, settings: Settings, app: Celery, tasks: tuple[TaskSpec, ...]) -> None:
         self.settings = settings
         self.app = app
+        self.tasks = tasks
         self._context: TaskContext | None = None
         self._lock = threading.Lock()
 
@@ -90,7 +91,7 @@ class _LazyContext:
                 from node.tasks.dispatch import CeleryDispatcher
 
                 database = Database(self.settings.resolved_database_url)
-                self._context = TaskContext(self.settings, database, CeleryDispatcher(self.app))
+                self._context = TaskContext(self.settings, database, CeleryDispatcher(self.app, tasks=self.tasks))
             return self._context
 
 
@@ -104,13 +105,13 @@ def _make_task_body(spec: TaskSpec, holder: _LazyContext) -> Any:
     return body
 
 
-def create_celery_app(settings: Settings) -> Celery:
-    """A Celery app for ``settings`` with every registered task (see :data:`TASK_MODULES`)."""
+def create_celery_app(settings: Settings, *, tasks: tuple[TaskSpec, ...] = TASKS) -> Celery:
+    """A Celery app for ``settings`` with every task of :data:`node.tasks.catalog.TASKS`."""
     app = Celery("cxr_node", set_as_current=False)
-    app.conf.update(celery_config(settings))
-    holder = _LazyContext(settings, app)
+    app.conf.update(celery_config(settings, tasks))
+    holder = _LazyContext(settings, app, tasks)
     app.cxr_node_context = holder  # type: ignore[attr-defined]
-    for spec in all_tasks():
+    for spec in tasks:
         app.task(
             name=spec.name,
             shared=False,  # this app only: another app (other settings) builds its own tasks

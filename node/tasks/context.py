@@ -5,10 +5,13 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from node.db import Database
+from node.delivery.senders import DEFAULT_SENDERS, Sender
+from node.outputs.builders import DEFAULT_BUILDERS, OutputBuilder
 from node.settings import Settings
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -23,12 +26,15 @@ class TaskContext:
     """The environment a task runs in, the same for both transports.
 
     ``dispatcher`` sends follow-up tasks (``context.dispatcher.enqueue(name, *args)``) through
-    the transport this task came from.
+    the transport this task came from. ``builders`` are the output builders a job runs, in
+    order; ``senders`` the protocols delivery can speak, by destination scheme.
     """
 
     settings: Settings
     database: Database
     dispatcher: "Dispatcher"
+    builders: Sequence[OutputBuilder] = DEFAULT_BUILDERS
+    senders: Mapping[str, Sender] = field(default_factory=lambda: dict(DEFAULT_SENDERS))
 
     def worker_name(self) -> str:
         """``host/pid/thread`` of the code running now, as recorded on a claimed job."""

@@ -23,7 +23,7 @@ from node.constants import TASK_PROCESS_STUDY
 from node.db import Database
 from node.settings import Settings
 from node.tasks.context import TaskContext
-from node.tasks.registry import TaskSpec, get_task
+from node.tasks.catalog import TASKS, TaskSpec, task_spec
 
 if TYPE_CHECKING:  # pragma: no cover
     from celery import Celery
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 class Dispatcher(abc.ABC):
-    """Sends wake-ups for registered tasks (see :mod:`node.tasks.registry`)."""
+    """Sends wake-ups for the node's tasks (see :mod:`node.tasks.catalog`)."""
 
     #: ``"celery"`` or ``"in-process"``, for status output and logs.
     transport: str
@@ -62,8 +62,9 @@ class InProcessDispatcher(Dispatcher):
 
     transport = "in-process"
 
-    def __init__(self, settings: Settings, database: Database) -> None:
+    def __init__(self, settings: Settings, database: Database, *, tasks: tuple[TaskSpec, ...] = TASKS) -> None:
         self.settings = settings
+        self.tasks = tasks
         self.context = TaskContext(settings=settings, database=database, dispatcher=self)
         self._lock = threading.Lock()
         self._executors: dict[str, ThreadPoolExecutor] = {}
@@ -72,7 +73,7 @@ class InProcessDispatcher(Dispatcher):
         self._closed = False
 
     def enqueue(self, task_name: str, *args: Any, queue: str | None = None, countdown: float = 0.0) -> None:
-        spec = get_task(task_name)
+        spec = task_spec(task_name, self.tasks)
         queue_name = queue or spec.queue
         if countdown > 0:
             with self._lock:
@@ -149,14 +150,15 @@ class CeleryDispatcher(Dispatcher):
 
     transport = "celery"
 
-    def __init__(self, app: "Celery") -> None:
+    def __init__(self, app: "Celery", *, tasks: tuple[TaskSpec, ...] = TASKS) -> None:
         self.app = app
+        self.tasks = tasks
         self._closed = False
 
     def enqueue(self, task_name: str, *args: Any, queue: str | None = None, countdown: float = 0.0) -> None:
         if self._closed:
             raise RuntimeError("the Celery dispatcher is shut down; the task stays recorded in the database")
-        spec = get_task(task_name)
+        spec = task_spec(task_name, self.tasks)
         self.app.send_task(
             spec.name, args=list(args), queue=queue or spec.queue, countdown=countdown if countdown > 0 else None
         )
@@ -182,10 +184,10 @@ class CeleryDispatcher(Dispatcher):
         self._closed = True
 
 
-def create_dispatcher(settings: Settings, database: Database) -> Dispatcher:
+def create_dispatcher(settings: Settings, database: Database, *, tasks: tuple[TaskSpec, ...] = TASKS) -> Dispatcher:
     """Celery when ``settings.broker_url`` is set, else the in-process thread pools."""
     if settings.broker_url:
         from node.tasks.celery_app import create_celery_app
 
-        return CeleryDispatcher(create_celery_app(settings))
-    return InProcessDispatcher(settings, database)
+        return CeleryDispatcher(create_celery_app(settings, tasks=tasks), tasks=tasks)
+    return InProcessDispatcher(settings, database, tasks=tasks)

@@ -1,4 +1,4 @@
-"""The ``process_study`` task: claim the job, open and decode every instance, run the study steps.
+"""The ``process_study`` task: claim the job, open, decode and analyse each image, record, deliver.
 
 ``process_study(job_id, context=...)`` is a plain function; the in-process dispatcher calls it on
 a thread and the Celery app wraps it as the task :data:`~node.constants.TASK_PROCESS_STUDY` on
@@ -9,9 +9,10 @@ queue ``inference``. What it does for one claimed job:
 2. record what it found on ``Instance.inspection`` (modality, view position, body part, size,
    photometric interpretation, bits, transfer syntax, decoded or the error) — a file that
    cannot be decoded is recorded as such and does not fail the job;
-3. run the registered study steps (:func:`node.tasks.registry.study_step`) with the opened
-   instances — this is where the models and outputs plug in;
-4. close the job ``done`` with a summary (or ``failed`` with the error).
+3. analyse each image and write its outputs (:func:`node.pipeline.analyse_image`), one decoded
+   image at a time;
+4. record results, outputs and deliveries and close the job ``done`` in one transaction (or
+   ``failed`` with the error), and only then wake the deliveries.
 """
 
 from __future__ import annotations
@@ -28,11 +29,15 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from sqlalchemy import select
 
-from node.constants import COMPANION_SOP_CLASSES, QUEUE_INFERENCE, TASK_PROCESS_STUDY
+from node.constants import COMPANION_SOP_CLASSES
 from node.db import Instance
 from node.tasks.context import TaskContext
-from node.tasks.jobs import ClaimedJob, claim_job, fail_job, finish_job
-from node.tasks.registry import study_steps, task
+from node.delivery.destinations import destinations_for
+from node.delivery.records import create_deliveries
+from node.delivery.task import enqueue_deliveries, group_by_destination
+from node.lifecycle import JobEvent
+from node.pipeline import STEP_NAME, ImageRecord, analyse_image, analysis_summary, store_records
+from node.tasks.jobs import ClaimedJob, claim_job, close_job, fail_job
 
 log = logging.getLogger(__name__)
 
@@ -206,71 +211,114 @@ def _reason(what: str, exc: Exception) -> str:
     return f"{what}: {type(exc).__name__}: {exc}"[:DECODE_ERROR_MAX_CHARS]
 
 
-def open_study_instances(claim: ClaimedJob, context: TaskContext) -> list[OpenedInstance]:
-    """Open and decode every instance of the claimed study; record each inspection in the database."""
-    spool = context.settings.spool_dir
+def _instance_rows(claim: ClaimedJob, context: TaskContext) -> list[Any]:
     with context.database.session() as session:
-        rows = session.execute(
-            select(
-                Instance.id,
-                Instance.sop_instance_uid,
-                Instance.series_instance_uid,
-                Instance.sop_class_uid,
-                Instance.transfer_syntax_uid,
-                Instance.path,
-            )
-            .where(Instance.study_id == claim.study_id)
-            .order_by(Instance.id)
-        ).all()
-    opened: list[OpenedInstance] = []
-    for instance_id, sop_uid, series_uid, sop_class, ts_uid, rel_path in rows:
-        path = Path(rel_path) if Path(rel_path).is_absolute() else spool / rel_path
-        inspection, ds, pixels = open_instance(path, ts_uid)
-        inspection.setdefault("transfer_syntax_uid", ts_uid)
-        inspection["job_id"] = claim.job_id
-        with context.database.session() as session:
-            session.get(Instance, instance_id).inspection = inspection  # type: ignore[union-attr]
-        if pixels is None and inspection.get("sop_class_uid") not in COMPANION_SOP_CLASSES:
-            log.warning("study %s instance %s not decoded: %s", claim.study_instance_uid, sop_uid, inspection.get("error"))
-        opened.append(OpenedInstance(instance_id, sop_uid, series_uid, sop_class, path, inspection, ds, pixels))
-    return opened
+        return list(
+            session.execute(
+                select(
+                    Instance.id,
+                    Instance.sop_instance_uid,
+                    Instance.series_instance_uid,
+                    Instance.sop_class_uid,
+                    Instance.transfer_syntax_uid,
+                    Instance.path,
+                )
+                .where(Instance.study_id == claim.study_id)
+                .order_by(Instance.id)
+            ).all()
+        )
 
 
-def run_study(claim: ClaimedJob, context: TaskContext) -> dict[str, Any]:
-    """The per-study work of one claimed job; returns the job summary (JSON-serialisable)."""
+def open_study_instance(claim: ClaimedJob, row: Any, context: TaskContext) -> OpenedInstance:
+    """Open and decode one instance of the claimed study; record its inspection in the database."""
+    instance_id, sop_uid, series_uid, sop_class, ts_uid, rel_path = row
+    path = Path(rel_path) if Path(rel_path).is_absolute() else context.settings.spool_dir / rel_path
+    inspection, ds, pixels = open_instance(path, ts_uid)
+    inspection.setdefault("transfer_syntax_uid", ts_uid)
+    inspection["job_id"] = claim.job_id
+    with context.database.session() as session:
+        session.get(Instance, instance_id).inspection = inspection  # type: ignore[union-attr]
+    if pixels is None and inspection.get("sop_class_uid") not in COMPANION_SOP_CLASSES:
+        log.warning("study %s instance %s not decoded: %s", claim.study_instance_uid, sop_uid, inspection.get("error"))
+    return OpenedInstance(instance_id, sop_uid, series_uid, sop_class, path, inspection, ds, pixels)
+
+
+def open_study_instances(claim: ClaimedJob, context: TaskContext) -> list[OpenedInstance]:
+    """Open and decode every instance of the claimed study at once (a job itself opens one at a time)."""
+    return [open_study_instance(claim, row, context) for row in _instance_rows(claim, context)]
+
+
+class StageError(RuntimeError):
+    """A stage of ``process_study`` failed for a reason outside the images (models, disk, database)."""
+
+    def __init__(self, stage: str, cause: Exception) -> None:
+        super().__init__(f"stage {stage!r} failed: {type(cause).__name__}: {cause}")
+        self.stage = stage
+
+
+def run_study(claim: ClaimedJob, context: TaskContext) -> tuple[dict[str, Any], list[ImageRecord]]:
+    """Open, decode and analyse the claimed study's images one at a time; return the summary and records.
+
+    Only one decoded image is held at a time. Outputs are written to the output directory
+    here; their rows are recorded by :func:`record_study`.
+    """
     started = time.perf_counter()
-    opened = open_study_instances(claim, context)
+    policies = context.settings.policies_for(claim.calling_aet, claim.called_aet)
+    records: list[ImageRecord] = []
+    counts = {"instances": 0, "decoded": 0}
+    not_decoded: list[str] = []
+    views: set[str] = set()
+    seconds = {"open": 0.0, "images": 0.0}
+    for row in _instance_rows(claim, context):
+        clock = time.perf_counter()
+        opened = open_study_instance(claim, row, context)
+        seconds["open"] += time.perf_counter() - clock
+        counts["instances"] += 1
+        counts["decoded"] += int(opened.decoded)
+        if not opened.decoded:
+            not_decoded.append(opened.sop_instance_uid)
+        views.add(opened.inspection.get("view_position") or "")
+        clock = time.perf_counter()
+        try:
+            records.extend(analyse_image(opened, policies, context.settings, context.builders))
+        except Exception as exc:  # models, disk: not this image's fault; the job fails and is retried
+            raise StageError("analysis", exc) from exc
+        seconds["images"] += time.perf_counter() - clock
+        del opened  # one decoded image at a time
     summary: dict[str, Any] = {
         "generation": claim.generation,
-        "instances": len(opened),
-        "decoded": sum(1 for o in opened if o.decoded),
-        "not_decoded": sorted(o.sop_instance_uid for o in opened if not o.decoded),
-        "view_positions": sorted({o.inspection.get("view_position") or "" for o in opened} - {""}),
-        "steps": {},
-        "seconds": {"open": round(time.perf_counter() - started, 3)},
+        **counts,
+        "not_decoded": sorted(not_decoded),
+        "view_positions": sorted(views - {""}),
+        "policies": list(policies),
+        "seconds": {k: round(v, 3) for k, v in seconds.items()},
     }
-    for step in study_steps():
-        step_started = time.perf_counter()
-        try:
-            summary["steps"][step.name] = step.fn(claim, opened, context)
-        except Exception as exc:
-            raise StudyStepError(step.name, exc) from exc
-        summary["seconds"][step.name] = round(time.perf_counter() - step_started, 3)
     summary["seconds"]["total"] = round(time.perf_counter() - started, 3)
-    return summary
+    return summary, records
 
 
-class StudyStepError(RuntimeError):
-    """A registered study step raised; the job fails with the step's name and the cause."""
+def record_study(claim: ClaimedJob, summary: dict[str, Any], records: list[ImageRecord], context: TaskContext) -> list[int] | None:
+    """Commit results, outputs, deliveries and the job's ``done`` in one transaction; return the delivery ids.
 
-    def __init__(self, step: str, cause: Exception) -> None:
-        super().__init__(f"study step {step!r} failed: {type(cause).__name__}: {cause}")
-        self.step = step
+    ``None`` when the job was taken over by another worker meanwhile: nothing is recorded.
+    """
+    destinations = destinations_for(context.settings, claim.calling_aet)
+    with context.database.session() as session:
+        output_ids = store_records(session, claim.job_id, records, context.settings.output_dir)
+        delivery_ids = create_deliveries(session, output_ids, destinations)
+        summary["steps"] = {STEP_NAME: analysis_summary(records, output_ids, destinations, delivery_ids)}
+        if not close_job(session, claim, JobEvent.FINISHED, summary=summary):
+            session.rollback()
+            return None
+    return delivery_ids
 
 
-@task(TASK_PROCESS_STUDY, queue=QUEUE_INFERENCE)
 def process_study(job_id: int, *, context: TaskContext) -> dict[str, Any] | None:
     """Process the job ``job_id`` if it is claimable; return its summary, or ``None`` if not claimed.
+
+    The way of one study, as plain calls: claim the job; open, decode and analyse each image
+    and write its outputs (:func:`run_study`); record results, outputs, deliveries and the
+    job's end in one transaction (:func:`record_study`); only then wake the deliveries.
 
     Idempotent: a duplicate wake-up, or one for a finished job, returns ``None`` and changes
     nothing. Failures are recorded on the job (state ``failed``, ``error``) and logged; the
@@ -282,18 +330,24 @@ def process_study(job_id: int, *, context: TaskContext) -> dict[str, Any] | None
     if claim is None:
         return None
     try:
-        summary = run_study(claim, context)
+        summary, records = run_study(claim, context)
+        delivery_ids = record_study(claim, summary, records, context)
     except Exception as exc:
         log.exception("job %d (study %s) failed", job_id, claim.study_instance_uid)
-        error = str(exc) if isinstance(exc, StudyStepError) else f"{type(exc).__name__}: {exc}"
+        error = str(exc) if isinstance(exc, StageError) else f"{type(exc).__name__}: {exc}"
         fail_job(context.database, claim, error)
         return {"job_id": job_id, "state": "failed", "error": error}
-    finish_job(context.database, claim, summary)
+    if delivery_ids is None:
+        return None
+    if delivery_ids:
+        wakeups = enqueue_deliveries(context.dispatcher, group_by_destination(context.database, delivery_ids))
+        summary["steps"][STEP_NAME]["delivery_wakeups"] = wakeups
     log.info(
-        "job %d done: study %s, %d instance(s), %d decoded",
+        "job %d done: study %s, %d instance(s), %d decoded, %d deliveries",
         job_id,
         claim.study_instance_uid,
         summary["instances"],
         summary["decoded"],
+        len(delivery_ids),
     )
     return summary

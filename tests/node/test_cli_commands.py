@@ -16,7 +16,6 @@ from node.db import Database
 from node.scp.server import start_listener
 from node.tasks.dispatch import InProcessDispatcher
 from node.tasks.process import process_study
-from node.tasks import registry
 from tests.support.ports import free_port
 from tests.support.study_rows import add_instance, add_study, make_database, make_settings
 
@@ -34,8 +33,6 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture()
 def populated(env: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     """A node database with a processed study, a queued one and one still receiving."""
-    registry.load_task_modules()
-    monkeypatch.setattr(registry, "_STUDY_STEPS", {})  # decoding only; no models
     settings = make_settings(env)
     database = make_database(settings)
     done_id, done_uid = add_study(database, quiet_for=120)

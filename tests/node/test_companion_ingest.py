@@ -96,10 +96,6 @@ def test_a_companion_instance_leaves_state_generation_and_quiet_period_alone(tmp
 
 
 def test_a_study_of_only_seg_and_sr_is_processed_once_with_both_skipped(node: Node, tmp_path: Path) -> None:
-    from node.pipeline import STEP_ORDER, analyse_study
-    from node.tasks import registry
-
-    registry.study_step(STEP_NAME, order=STEP_ORDER)(analyse_study)
     seg_uid, sr_uid = _send_back(node, tmp_path / "outputs")
     (queued,) = queue_quiet_studies(node.database, node.settings, now=dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=1))
 

@@ -14,18 +14,18 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from node.completion import queue_quiet_studies
-from node.constants import StudyState
+from node.constants import JobState, StudyState
 from node.db import Database, Instance, Job, Study
 from node.db.schema import Delivery, DeliveryAttempt, OutputObject, Result
-from node.pipeline import STEP_NAME, process_images
+from node.pipeline import STEP_NAME
 from node.reports import study_report
 from node.settings import Settings
 from node.tasks.dispatch import InProcessDispatcher
 from node.tasks.jobs import ClaimedJob
-from node.tasks.process import open_study_instances, process_study
+from node.tasks.process import process_study, record_study, run_study
 from tests.support.dicom_tools import dciodvfy_errors
 from tests.support.recording_scp import RecordingSCP
 from training.dicom_export import RadiographIdentity, write_radiograph
@@ -34,15 +34,6 @@ from training.phantoms import generate_phantom
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 SR_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
 SIZE = 256
-
-
-def register_analysis_step() -> None:
-    """Make sure the analysis step is registered, even if another test emptied the registry
-    while ``node.pipeline`` was first imported (registration is idempotent)."""
-    from node.pipeline import STEP_ORDER, analyse_study
-    from node.tasks import registry
-
-    registry.study_step(STEP_NAME, order=STEP_ORDER)(analyse_study)
 
 
 @pytest.fixture
@@ -54,7 +45,6 @@ def scp() -> Iterator[RecordingSCP]:
 
 @pytest.fixture
 def node(tmp_path: Path, scp: RecordingSCP) -> Iterator[tuple[Settings, Database, InProcessDispatcher]]:
-    register_analysis_step()
     settings = Settings(
         data_dir=tmp_path / "var",
         stable_seconds=0,
@@ -189,10 +179,13 @@ def test_a_retried_job_reuses_the_same_uids_and_adds_no_rows(node, scp: Recordin
         claim = ClaimedJob(queued.job_id, study.id, study_uid, 0, 1, "test", study.calling_aet, study.called_aet)
 
     # The same job run again (a worker died after the step, the job was claimed again).
-    again = process_images(claim, open_study_instances(claim, dispatcher.context), settings, database, dispatcher=dispatcher)
+    with database.session() as session:  # the claim as a second attempt would hold it
+        session.execute(update(Job).where(Job.id == queued.job_id).values(state=JobState.RUNNING))
+    summary, records = run_study(claim, dispatcher.context)
+    again = record_study(claim, summary, records, dispatcher.context)
     assert dispatcher.wait_idle(60)
 
-    assert again["deliveries_enqueued"] == 0  # already delivered: nothing to send again
+    assert again == []  # already delivered: nothing to send again
     assert counts(database) == before
     with database.session() as session:
         assert {(o.sop_instance_uid, o.sha256 != "") for o in session.scalars(select(OutputObject))} == first
@@ -234,7 +227,6 @@ def untrained_model_store(root: Path) -> Path:
 
 @pytest.mark.slow
 def test_a_failed_segmentation_fails_masked_policies_and_keeps_the_unmasked_one(tmp_path: Path) -> None:
-    register_analysis_step()
     settings = Settings(
         data_dir=tmp_path / "var", stable_seconds=0, mask_policy="loose,original", device="cpu",
         model_dir=untrained_model_store(tmp_path / "models"),

@@ -10,7 +10,9 @@ from sqlalchemy import select
 
 from node.db import Database
 from node.db.schema import OutputObject
-from node.delivery.scu import StoreItem, presentation_contexts, send_files
+from node.delivery.association import AssociationTimeouts
+from node.delivery.items import StoreItem
+from node.delivery.scu import presentation_contexts, send_files
 from node.settings import RemoteNode, Settings
 from tests.node.delivery.conftest import make_study_with_outputs
 from tests.support.recording_scp import RecordingSCP
@@ -74,7 +76,7 @@ def test_a_wrong_called_aet_is_reported_as_a_rejected_association(
 
 def test_nothing_listening_is_reported_per_object(database: Database, settings: Settings, study_files) -> None:
     nobody = RemoteNode("PACS", "127.0.0.1", free_port())
-    outcomes = send_files(nobody, _items(database, settings, study_files.output_ids), calling_aet="CXRNODE", acse_timeout=2)
+    outcomes = send_files(nobody, _items(database, settings, study_files.output_ids), calling_aet="CXRNODE", timeouts=AssociationTimeouts(acse=2))
     assert len(outcomes) == 2
     assert all(not o.stored for o in outcomes)
     assert "could not associate" in (outcomes[0].error or "")

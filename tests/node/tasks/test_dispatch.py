@@ -1,4 +1,4 @@
-"""The in-process transport and the task registry shared with Celery."""
+"""The in-process transport and the task table shared with Celery."""
 
 from __future__ import annotations
 
@@ -9,51 +9,32 @@ from pathlib import Path
 import pytest
 
 from node.constants import QUEUE_DELIVERY, QUEUE_INFERENCE, TASK_PROCESS_STUDY
-from node.tasks import registry
+from node.tasks.catalog import TASKS, TaskSpec, task_spec
+from node.tasks.process import process_study
 from node.tasks.celery_app import celery_config, create_celery_app, visibility_timeout_for
 from node.tasks.context import TaskContext
 from node.tasks.dispatch import CeleryDispatcher, InProcessDispatcher, create_dispatcher
 from tests.support.study_rows import make_database, make_settings
 
 
-@pytest.fixture()
-def temp_task():  # type: ignore[no-untyped-def]
-    names: list[str] = []
-
-    def register(name: str, queue: str, fn):  # type: ignore[no-untyped-def]
-        registry.task(name, queue=queue)(fn)
-        names.append(name)
-
-    yield register
-    for name in names:
-        registry._TASKS.pop(name, None)
+def with_tasks(*extra: TaskSpec) -> tuple[TaskSpec, ...]:
+    """The node's tasks plus the test's own."""
+    return (*TASKS, *extra)
 
 
-def test_process_study_is_registered_on_the_inference_queue() -> None:
-    spec = registry.get_task(TASK_PROCESS_STUDY)
-    assert spec.queue == QUEUE_INFERENCE and spec.fn.__name__ == "process_study"
+def test_process_study_runs_on_the_inference_queue() -> None:
+    spec = task_spec(TASK_PROCESS_STUDY)
+    assert spec.queue == QUEUE_INFERENCE and spec.fn is process_study
 
 
-def test_unknown_task_names_say_what_is_registered() -> None:
+def test_unknown_task_names_say_which_tasks_exist() -> None:
     with pytest.raises(LookupError, match="no task named 'nope'.*cxr_node.process_study"):
-        registry.get_task("nope")
+        task_spec("nope")
 
 
-def test_a_second_function_under_a_taken_name_is_refused(temp_task) -> None:  # type: ignore[no-untyped-def]
-    def first(*, context: TaskContext) -> None: ...
-
-    def second(*, context: TaskContext) -> None: ...
-
-    temp_task("test.taken", QUEUE_DELIVERY, first)
-    with pytest.raises(ValueError, match="already registered"):
-        registry.task("test.taken", queue=QUEUE_DELIVERY)(second)
-
-
-def test_in_process_tasks_run_on_their_queue_threads_with_the_context(tmp_path: Path, temp_task) -> None:  # type: ignore[no-untyped-def]
+def test_in_process_tasks_run_on_their_queue_threads_with_the_context(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, inprocess_workers=2)
     database = make_database(settings)
-    dispatcher = create_dispatcher(settings, database)
-    assert isinstance(dispatcher, InProcessDispatcher)
     seen: list[tuple[str, int, str]] = []
     both_running = threading.Barrier(2, timeout=10)
 
@@ -62,7 +43,8 @@ def test_in_process_tasks_run_on_their_queue_threads_with_the_context(tmp_path: 
         both_running.wait()  # two delivery tasks at once: the queue has two threads
         seen.append(("deliver", item, threading.current_thread().name))
 
-    temp_task("test.deliver", QUEUE_DELIVERY, deliver)
+    dispatcher = create_dispatcher(settings, database, tasks=with_tasks(TaskSpec("test.deliver", QUEUE_DELIVERY, deliver)))
+    assert isinstance(dispatcher, InProcessDispatcher)
     try:
         dispatcher.enqueue("test.deliver", 1)
         dispatcher.enqueue("test.deliver", 2)
@@ -73,11 +55,11 @@ def test_in_process_tasks_run_on_their_queue_threads_with_the_context(tmp_path: 
     assert all(thread.startswith(f"task-{QUEUE_DELIVERY}") for _, _, thread in seen)
 
 
-def test_countdown_delays_an_in_process_task(tmp_path: Path, temp_task) -> None:  # type: ignore[no-untyped-def]
+def test_countdown_delays_an_in_process_task(tmp_path: Path) -> None:
     settings = make_settings(tmp_path)
-    dispatcher = InProcessDispatcher(settings, make_database(settings))
     ran_at: list[float] = []
-    temp_task("test.later", QUEUE_DELIVERY, lambda *, context: ran_at.append(time.monotonic()))
+    later = TaskSpec("test.later", QUEUE_DELIVERY, lambda *, context: ran_at.append(time.monotonic()))
+    dispatcher = InProcessDispatcher(settings, make_database(settings), tasks=with_tasks(later))
     try:
         sent = time.monotonic()
         dispatcher.enqueue("test.later", countdown=0.3)
@@ -87,9 +69,8 @@ def test_countdown_delays_an_in_process_task(tmp_path: Path, temp_task) -> None:
     assert len(ran_at) == 1 and ran_at[0] - sent >= 0.3
 
 
-def test_a_raising_task_does_not_stop_the_pool(tmp_path: Path, temp_task) -> None:  # type: ignore[no-untyped-def]
+def test_a_raising_task_does_not_stop_the_pool(tmp_path: Path) -> None:
     settings = make_settings(tmp_path, inprocess_workers=1)
-    dispatcher = InProcessDispatcher(settings, make_database(settings))
     done: list[int] = []
 
     def flaky(n: int, *, context: TaskContext) -> None:
@@ -97,7 +78,7 @@ def test_a_raising_task_does_not_stop_the_pool(tmp_path: Path, temp_task) -> Non
             raise RuntimeError("boom")
         done.append(n)
 
-    temp_task("test.flaky", QUEUE_DELIVERY, flaky)
+    dispatcher = InProcessDispatcher(settings, make_database(settings), tasks=with_tasks(TaskSpec("test.flaky", QUEUE_DELIVERY, flaky)))
     try:
         for n in range(3):
             dispatcher.enqueue("test.flaky", n)
@@ -115,17 +96,17 @@ def test_enqueue_after_shutdown_is_refused(tmp_path: Path) -> None:
         dispatcher.process_study(1)
 
 
-def test_celery_is_configured_for_long_gpu_jobs(tmp_path: Path, temp_task) -> None:  # type: ignore[no-untyped-def]
-    temp_task("test.deliver", QUEUE_DELIVERY, lambda *, context: None)
+def test_celery_is_configured_for_long_gpu_jobs(tmp_path: Path) -> None:
+    tasks = with_tasks(TaskSpec("test.deliver", QUEUE_DELIVERY, lambda *, context: None))
     settings = make_settings(tmp_path, broker_url="redis://127.0.0.1:1/0", job_timeout_seconds=7200)
-    config = celery_config(settings)
+    config = celery_config(settings, tasks)
     assert config["task_acks_late"] is True
     assert config["task_reject_on_worker_lost"] is True
     assert config["worker_prefetch_multiplier"] == 1
     assert config["broker_transport_options"]["visibility_timeout"] == visibility_timeout_for(settings) > 7200
     assert config["task_routes"][TASK_PROCESS_STUDY] == {"queue": QUEUE_INFERENCE}
     assert config["task_routes"]["test.deliver"] == {"queue": QUEUE_DELIVERY}
-    app = create_celery_app(settings)
+    app = create_celery_app(settings, tasks=tasks)
     assert TASK_PROCESS_STUDY in app.tasks and "test.deliver" in app.tasks
     assert app.conf.broker_transport_options["visibility_timeout"] > settings.job_timeout_seconds
     assert isinstance(create_dispatcher(settings, make_database(settings)), CeleryDispatcher)
@@ -136,12 +117,12 @@ def test_celery_config_without_a_broker_is_refused(tmp_path: Path) -> None:
         celery_config(make_settings(tmp_path))
 
 
-def test_each_celery_app_runs_tasks_with_its_own_settings(tmp_path: Path, temp_task) -> None:  # type: ignore[no-untyped-def]
+def test_each_celery_app_runs_tasks_with_its_own_settings(tmp_path: Path) -> None:
     def where(*, context: TaskContext) -> str:
         return str(context.settings.data_dir)
 
-    temp_task("test.where", QUEUE_DELIVERY, where)
-    first = create_celery_app(make_settings(tmp_path / "a", broker_url="redis://127.0.0.1:1/0"))
-    second = create_celery_app(make_settings(tmp_path / "b", broker_url="redis://127.0.0.1:1/0"))
+    tasks = with_tasks(TaskSpec("test.where", QUEUE_DELIVERY, where))
+    first = create_celery_app(make_settings(tmp_path / "a", broker_url="redis://127.0.0.1:1/0"), tasks=tasks)
+    second = create_celery_app(make_settings(tmp_path / "b", broker_url="redis://127.0.0.1:1/0"), tasks=tasks)
     assert first.tasks["test.where"].run() == str(tmp_path / "a" / "var")
     assert second.tasks["test.where"].run() == str(tmp_path / "b" / "var")

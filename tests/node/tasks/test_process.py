@@ -13,8 +13,11 @@ from pydicom.uid import JPEG2000, JPEG2000Lossless, RLELossless, generate_uid
 
 from node.completion import queue_quiet_studies
 from node.constants import JobState, StudyState
+from sqlalchemy import select
+
 from node.db import Instance, Job, Study
-from node.tasks import registry
+from node.db.schema import Result
+from node.outputs.builders import BuildInput, OutputBuilder
 from node.tasks.context import TaskContext
 from node.tasks.dispatch import InProcessDispatcher
 from node.tasks.process import process_study
@@ -72,11 +75,7 @@ def _encode(source: Path, target: Path, uid: str, argv: list[str] | None) -> byt
 
 
 @pytest.fixture()
-def node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    # These tests are about opening and decoding; the study steps registered by other modules
-    # (models and outputs) are left out, and a test registers its own where it needs one.
-    registry.load_task_modules()
-    monkeypatch.setattr(registry, "_STUDY_STEPS", {})
+def node(tmp_path: Path):  # type: ignore[no-untyped-def]
     settings = make_settings(tmp_path)
     database = make_database(settings)
     dispatcher = InProcessDispatcher(settings, database)
@@ -177,47 +176,37 @@ def test_a_duplicate_wake_up_does_not_process_again(node) -> None:  # type: igno
         assert (job.state, job.attempts) == (JobState.DONE.value, 1)
 
 
-@pytest.fixture()
-def registered_steps(node):  # type: ignore[no-untyped-def]
-    added: list[str] = []
+class _FailingBuilder(OutputBuilder):
+    kind, sop_class_uid, transfer_syntaxes, per_policy = "BAD", "1.2.3", ("1.2.840.10008.1.2.1",), False
 
-    def register(name: str, fn, order: int = 100) -> None:  # type: ignore[no-untyped-def]
-        registry.study_step(name, order=order)(fn)
-        added.append(name)
+    def __init__(self, error: Exception) -> None:
+        self.error = error
 
-    yield register
+    def build(self, given: BuildInput):  # type: ignore[no-untyped-def]
+        raise self.error
 
 
-def test_registered_study_steps_get_the_decoded_instances_and_fill_the_summary(node, registered_steps) -> None:  # type: ignore[no-untyped-def]
+def test_an_output_that_cannot_be_built_from_one_image_fails_that_image_alone(node) -> None:  # type: ignore[no-untyped-def]
     settings, database, context = node
     study_id, study_uid = add_study(database, quiet_for=60)
-    add_instance(database, settings, study_id, study_uid, view_position="PA")
-    add_instance(database, settings, study_id, study_uid, view_position="LL", seed=4)
-
-    def count_frontal(claim, instances, ctx: TaskContext) -> dict[str, int]:  # type: ignore[no-untyped-def]
-        assert ctx is context and claim.study_instance_uid == study_uid
-        return {"frontal": sum(1 for i in instances if i.pixels is not None and i.dataset.ViewPosition in ("PA", "AP"))}
-
-    registered_steps("test-count-frontal", count_frontal)
+    add_instance(database, settings, study_id, study_uid)
+    context.builders = (_FailingBuilder(ValueError("header unusable")),)
     job_id = _queue(settings, database)
 
     summary = process_study(job_id, context=context)
 
-    assert summary["steps"]["test-count-frontal"] == {"frontal": 1}
-    assert summary["view_positions"] == ["LL", "PA"]
+    assert summary["instances"] == 1
     with database.session() as session:
-        assert session.get(Job, job_id).summary["steps"] == {"test-count-frontal": {"frontal": 1}}
+        assert session.get(Job, job_id).state is JobState.DONE
+        reasons = {r.reason for r in session.scalars(select(Result))}
+    assert reasons == {"BAD could not be built: header unusable"}, reasons
 
 
-def test_a_failing_study_step_fails_the_job_with_its_name(node, registered_steps) -> None:  # type: ignore[no-untyped-def]
+def test_an_environment_fault_fails_the_job_with_its_stage(node) -> None:  # type: ignore[no-untyped-def]
     settings, database, context = node
     study_id, study_uid = add_study(database, quiet_for=60)
     add_instance(database, settings, study_id, study_uid)
-
-    def broken(claim, instances, ctx):  # type: ignore[no-untyped-def]
-        raise OSError("model store unreadable")
-
-    registered_steps("test-broken", broken)
+    context.builders = (_FailingBuilder(OSError("disk unwritable")),)
     job_id = _queue(settings, database)
 
     result = process_study(job_id, context=context)
@@ -225,6 +214,6 @@ def test_a_failing_study_step_fails_the_job_with_its_name(node, registered_steps
     assert result["state"] == "failed"
     with database.session() as session:
         job = session.get(Job, job_id)
-        assert job.state == JobState.FAILED.value
-        assert job.error == "study step 'test-broken' failed: OSError: model store unreadable"
-        assert session.get(Study, study_id).state == StudyState.FAILED.value
+        assert job.state is JobState.FAILED
+        assert job.error == "stage 'analysis' failed: OSError: disk unwritable"
+        assert session.get(Study, study_id).state is StudyState.FAILED
