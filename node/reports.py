@@ -3,21 +3,13 @@
 Each function returns a JSON-serialisable dict (datetimes as ISO 8601 UTC strings) built from
 the database alone; nothing here holds patient names or IDs (the database has none).
 
-``studies show`` is extended by registering a section::
-
-    from node.reports import study_section
-
-    @study_section("results")
-    def _results(session, study) -> list[dict]: ...
-
-in a module listed in :data:`REPORT_MODULES`; the section appears in :func:`study_report` under
-its name, after ``study``, ``instances`` and ``jobs``.
+``studies show`` adds the sections of :data:`STUDY_SECTIONS` (results, outputs, deliveries)
+after ``study``, ``instances`` and ``jobs``; a new section is one function and one entry there.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -26,36 +18,20 @@ from sqlalchemy.orm import Session
 
 from node.constants import JobState, StudyState
 from node.db import Instance, Job, Study
-
-#: Modules that register report sections; imported by :func:`study_report` (append yours here).
-REPORT_MODULES: tuple[str, ...] = ("node.delivery.report",)
+from node.db.schema import iso
+from node.delivery.report import delivery_section, outputs_section, results_section
 
 SectionFunction = Callable[[Session, Study], Any]
-_SECTIONS: dict[str, SectionFunction] = {}
+
+#: The sections of ``studies show`` after the core keys, in order: name -> ``fn(session, study)``.
+STUDY_SECTIONS: tuple[tuple[str, SectionFunction], ...] = (
+    ("results", results_section),
+    ("outputs", outputs_section),
+    ("delivery", delivery_section),
+)
 
 #: Keys :func:`study_report` always has; a section may not reuse them.
 CORE_KEYS = ("study", "instances", "jobs")
-
-
-def study_section(name: str) -> Callable[[SectionFunction], SectionFunction]:
-    """Register ``fn(session, study) -> JSON-able`` as the section ``name`` of :func:`study_report`."""
-    if name in CORE_KEYS:
-        raise ValueError(f"section name {name!r} is taken by the core report ({', '.join(CORE_KEYS)})")
-
-    def decorate(fn: SectionFunction) -> SectionFunction:
-        _SECTIONS[name] = fn
-        return fn
-
-    return decorate
-
-
-def iso(value: dt.datetime | None) -> str | None:
-    """ISO 8601 in UTC (SQLite returns naive UTC datetimes)."""
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.timezone.utc)
-    return value.astimezone(dt.timezone.utc).isoformat()
 
 
 def _counts(session: Session, column: Any, states: list[str]) -> dict[str, int]:
@@ -119,8 +95,6 @@ def study_report(session: Session, study_instance_uid: str) -> dict[str, Any]:
     LookupError
         No study with this Study Instance UID was received.
     """
-    for module in REPORT_MODULES:
-        importlib.import_module(module)
     study = session.scalar(select(Study).where(Study.study_instance_uid == study_instance_uid))
     if study is None:
         raise LookupError(f"no study with Study Instance UID {study_instance_uid} has been received")
@@ -158,6 +132,6 @@ def study_report(session: Session, study_instance_uid: str) -> dict[str, Any]:
             for j in jobs
         ],
     }
-    for name, fn in _SECTIONS.items():
+    for name, fn in STUDY_SECTIONS:
         report[name] = fn(session, study)
     return report

@@ -49,3 +49,31 @@ def test_node_reaches_training_only_from_admin_commands() -> None:
         if "training" in _imports(p) and (rel := str(p.relative_to(REPO))) not in NODE_MODULES_ALLOWED_TO_IMPORT_TRAINING
     ]
     assert not offenders, f"only {sorted(NODE_MODULES_ALLOWED_TO_IMPORT_TRAINING)} may import training: {offenders}"
+
+
+#: The one import by name allowed: the lazy attributes of the ``models`` package (PEP 562), which
+#: keep ``import models`` from loading torch for commands that never run a model.
+STRING_IMPORTS_ALLOWED = {"models/__init__.py"}
+
+
+def _string_imports(path: Path) -> list[int]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    lines: list[int] = []
+    for item in ast.walk(tree):
+        if isinstance(item, ast.Call):
+            func = item.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            if name in {"import_module", "__import__"}:
+                lines.append(item.lineno)
+    return lines
+
+
+@pytest.mark.parametrize("package", ["node", "models", "training"])
+def test_no_module_is_imported_from_a_string(package: str) -> None:
+    offenders = [
+        f"{rel}:{line}"
+        for p in _sources(package)
+        if (rel := str(p.relative_to(REPO))) not in STRING_IMPORTS_ALLOWED
+        for line in _string_imports(p)
+    ]
+    assert not offenders, f"import modules by name in code a reader can follow, not from strings: {offenders}"

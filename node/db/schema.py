@@ -45,6 +45,11 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+def iso(value: dt.datetime | None) -> str | None:
+    """ISO 8601 in UTC, for reports (SQLite returns naive UTC datetimes)."""
+    return None if value is None else as_utc(value).isoformat()
+
+
 def as_utc(value: dt.datetime) -> dt.datetime:
     """``value`` as an aware UTC datetime (SQLite hands back naive UTC values)."""
     if value.tzinfo is None:

@@ -1,6 +1,6 @@
 """Sections of ``cxr-node studies show``: results, output objects, deliveries with their attempts.
 
-Registered with :func:`node.reports.study_section`, so :func:`node.reports.study_report` tells
+Listed in :data:`node.reports.STUDY_SECTIONS`, so :func:`node.reports.study_report` tells
 the whole story of a study: what each image gave under each policy, which SEG and SR were
 written where, and every attempt to send each of them to each destination.
 """
@@ -14,14 +14,13 @@ from sqlalchemy.orm import Session
 
 from node.db import Instance, Job, Study
 from node.db.schema import Delivery, DeliveryAttempt, OutputObject, Result
-from node.reports import iso, study_section
+from node.db.schema import iso
 
 
 def _job_ids(session: Session, study: Study) -> list[int]:
     return list(session.scalars(select(Job.id).where(Job.study_id == study.id).order_by(Job.id)))
 
 
-@study_section("results")
 def results_section(session: Session, study: Study) -> list[dict[str, Any]]:
     """One entry per (job, image, policy): status, reason, scores, decisions, models, seconds per stage."""
     rows = session.execute(
@@ -50,7 +49,6 @@ def results_section(session: Session, study: Study) -> list[dict[str, Any]]:
     ]
 
 
-@study_section("outputs")
 def outputs_section(session: Session, study: Study) -> list[dict[str, Any]]:
     """Every SEG and SR written for the study, with its UIDs, file and deliveries (with attempts)."""
     outputs = session.scalars(
@@ -112,7 +110,6 @@ def outputs_section(session: Session, study: Study) -> list[dict[str, Any]]:
     ]
 
 
-@study_section("delivery")
 def delivery_section(session: Session, study: Study) -> dict[str, Any]:
     """Counts of the study's deliveries per state and per destination (details are under ``outputs``)."""
     rows = session.execute(

@@ -73,3 +73,13 @@ def test_an_illegal_move_names_both_states() -> None:
 def test_a_running_study_is_not_moved_by_its_deliveries() -> None:
     # Deliveries are woken only after the job's results and its `done` commit together.
     assert StudyState.RUNNING not in STUDY.sources(StudyEvent.DELIVERIES_SENT)
+
+
+def test_the_architecture_document_draws_every_transition() -> None:
+    import re
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "architecture.md").read_text()
+    drawn = set(re.findall(r"^\s+(\w+) --> (\w+): (\w+)", text, flags=re.MULTILINE))
+    for lifecycle in LIFECYCLES:
+        for source, event, target in lifecycle.transitions():
+            assert (source.value, target.value, event.value) in drawn, (lifecycle.entity, source, event, target)
