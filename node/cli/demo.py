@@ -37,13 +37,14 @@ _FINISHED = {StudyState.DONE.value, StudyState.DELIVERED.value, StudyState.FAILE
 def _send(files: list[Path], ae_title: str, port: int) -> list[int]:
     """C-STORE ``files`` to the node on loopback; return the DIMSE statuses."""
     from pydicom import dcmread
-    from pynetdicom import AE
+
+    from node.delivery.association import open_association
+    from node.settings import RemoteNode
 
     datasets = [dcmread(path) for path in files]
-    scu = AE(ae_title="CXRDEMO")
-    for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets}):
-        scu.add_requested_context(sop_class, [str(datasets[0].file_meta.TransferSyntaxUID)])
-    association = scu.associate("127.0.0.1", port, ae_title=ae_title)
+    syntax = str(datasets[0].file_meta.TransferSyntaxUID)
+    contexts = [(sop_class, [syntax]) for sop_class in sorted({str(ds.SOPClassUID) for ds in datasets})]
+    association = open_association(RemoteNode(ae_title, "127.0.0.1", port), contexts, calling_aet="CXRDEMO")
     if not association.is_established:
         raise RuntimeError(f"the node did not accept the association on port {port}")
     try:

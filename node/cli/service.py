@@ -261,15 +261,19 @@ def echo(
 
 def c_echo(remote: RemoteNode, *, calling_aet: str, timeout: float = 10.0) -> dict[str, Any]:
     """C-ECHO ``remote`` as ``calling_aet``; a dict with ``ok``, ``association``, ``status``, ``detail``."""
-    from pynetdicom import AE
+    from pynetdicom import DEFAULT_TRANSFER_SYNTAXES
     from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-    ae = AE(ae_title=calling_aet)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    ae.add_requested_context(Verification)
+    from node.delivery.association import AssociationTimeouts, open_association
+
     started = time.perf_counter()
     result: dict[str, Any] = {"peer": str(remote), "calling_aet": calling_aet, "ok": False, "status": None}
-    assoc = ae.associate(remote.host, remote.port, ae_title=remote.ae_title)
+    assoc = open_association(
+        remote,
+        [(Verification, DEFAULT_TRANSFER_SYNTAXES)],
+        calling_aet=calling_aet,
+        timeouts=AssociationTimeouts(acse=timeout, dimse=timeout, network=timeout),
+    )
     try:
         if assoc.is_established:
             rsp = assoc.send_c_echo()
@@ -291,7 +295,8 @@ def c_echo(remote: RemoteNode, *, calling_aet: str, timeout: float = 10.0) -> di
         else:
             result.update(association="failed", detail=f"could not connect to {remote.host}:{remote.port} (or no answer)")
     finally:
-        ae.shutdown()
+        if assoc.is_established:
+            assoc.abort()
     result["seconds"] = round(time.perf_counter() - started, 4)
     return result
 
