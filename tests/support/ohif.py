@@ -9,7 +9,7 @@ is a small threaded HTTP server on 127.0.0.1 that
   ``/dicom-web`` (see :func:`app_config_js`);
 * forwards ``/dicom-web/...`` to Orthanc's DICOMweb plugin, rewriting ``%2C`` to ``,`` in the
   query string (Orthanc's DICOMweb plugin 1.7 does not decode ``%2C`` in OHIF's
-  ``includefield`` lists; see ``../shared/FACTS.md``);
+  ``includefield`` lists);
 * serves the built files, and ``index.html`` for every other path (OHIF is a single-page
   app: ``/viewer?...`` is one of its routes, not a file).
 

@@ -1,4 +1,4 @@
-"""Results, output objects, deliveries and delivery attempts (issue 5).
+"""Results, output objects, deliveries and delivery attempts.
 
 Revision ID: 0002
 Revises: 0001
