@@ -9,7 +9,6 @@ after ``study``, ``instances`` and ``jobs``; a new section is one function and o
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable
 from typing import Any
 

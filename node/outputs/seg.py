@@ -48,6 +48,7 @@ from node import __version__ as NODE_VERSION
 from node.constants import NODE_MANUFACTURER
 from node.outputs import codes
 from node.outputs.codecs import JPEG2000_ENCODER_LOCK
+from node.outputs.header import header_without_pixels
 from node.outputs.uids import OutputUIDs
 from node.processing.pixels import pixel_spacing_mm
 
@@ -175,9 +176,7 @@ def build_lung_segmentation(
         pixel_spacing=list(spacing) if spacing is not None else [1.0, 1.0],
         slice_thickness=_NOMINAL_SLICE_THICKNESS_MM,
     )
-    # highdicom reads only the metadata; a header copy keeps its hands off the caller's dataset.
-    source_header = Dataset({elem.tag: elem for elem in source_ds if elem.keyword != "PixelData"})
-    source_header.file_meta = getattr(source_ds, "file_meta", Dataset())
+    source_header = header_without_pixels(source_ds)
 
     clinical = segmenter.clinical_use
     series_description = "Lung segmentation" if clinical else f"{NOT_FOR_CLINICAL_USE} - Lung segmentation"

@@ -62,6 +62,7 @@ from pydicom.dataset import Dataset
 from models.labels import FINDINGS, LUNG_SIDES, NO_FINDING
 from models.result import AnalysisResult, ModelVersionInfo
 from node.outputs import codes
+from node.outputs.header import header_without_pixels
 from node.outputs.seg import (
     MANUFACTURER,
     NOT_FOR_CLINICAL_USE,
@@ -299,7 +300,7 @@ def build_measurement_report(
         analysis=analysis,
     )
     created = created or dt.datetime.now()
-    source_header = Dataset({elem.tag: elem for elem in source_ds if elem.keyword != "PixelData"})
+    source_header = header_without_pixels(source_ds)
 
     groups: list = [_finding_group(label, analysis, source_header, uids) for label in FINDINGS]
     groups.append(_no_finding_group(analysis, source_header, uids))
