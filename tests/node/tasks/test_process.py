@@ -18,7 +18,6 @@ from sqlalchemy import select
 from node.db import Instance, Job, Study
 from node.db.schema import Result
 from node.outputs.builders import BuildInput, OutputBuilder
-from node.tasks.context import TaskContext
 from node.tasks.dispatch import InProcessDispatcher
 from node.tasks.process import process_study
 from training.dicom_export import RadiographIdentity, radiograph_dataset
