@@ -60,6 +60,13 @@ def _work_folder(store_root: Path, work_dir: Path | None, name: str, version: st
     return work_dir if work_dir is not None else Path(store_root) / "_work" / f"{name}-{version}"
 
 
+def _require_positive(**counts: int) -> None:
+    """Refuse a count under 1, naming it as its option (``batch_size`` as ``--batch-size``)."""
+    for field_name, value in counts.items():
+        if value < 1:
+            raise ValueError(f"--{field_name.replace('_', '-')} must be at least 1; got {value}")
+
+
 @dataclass(frozen=True)
 class TrainedRun:
     """What a training recipe registered.
@@ -119,9 +126,7 @@ class SegmenterSpec:
         if self.data not in SEGMENTER_DATA:
             raise ValueError(f"--data {self.data!r} is not supported for segmenters here; use phantoms")
         get_architecture(self.architecture)  # an unknown name raises, listing the known ones
-        for option, value in (("steps", self.steps), ("batch-size", self.batch_size), ("held-out", self.held_out)):
-            if value < 1:
-                raise ValueError(f"--{option} must be at least 1; got {value}")
+        _require_positive(steps=self.steps, batch_size=self.batch_size, held_out=self.held_out)
 
 
 @dataclass(frozen=True)
@@ -168,9 +173,7 @@ class ClassifierSpec:
             raise ValueError(NIH_ROOT_REQUIRED)
         if self.data not in CLASSIFIER_DATA:
             raise ValueError(f"--data must be phantoms or nih; got {self.data!r}")
-        for option, value in (("epochs", self.epochs), ("batch-size", self.batch_size)):
-            if value < 1:
-                raise ValueError(f"--{option} must be at least 1; got {value}")
+        _require_positive(epochs=self.epochs, batch_size=self.batch_size)
 
 
 @dataclass(frozen=True)

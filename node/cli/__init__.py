@@ -4,8 +4,11 @@ Each group of commands lives in its own module with a ``register(app)`` function
 
 - :mod:`node.cli.service` — serve, worker, status, studies, echo, db
 - :mod:`node.cli.results` — resend
-- :mod:`node.cli.admin` — models, train, evaluate (the only place node reaches training)
+- :mod:`node.cli.admin` — models, train, evaluate (with demo, the only places node reaches training)
 - :mod:`node.cli.demo` — demo
+
+What they share (``fail``, ``print_json``, the settings and the database of a command) is in
+:mod:`node.cli.kit`.
 """
 
 from __future__ import annotations
