@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 
 from node.constants import COMPANION_SOP_CLASSES, StudyState
 from node.db import Database, Instance, Study
-from node.db.schema import utcnow
+from node.db.schema import InstanceConflict, utcnow
 from node.lifecycle import STUDY, StudyEvent
 
 log = logging.getLogger(__name__)
@@ -98,11 +98,29 @@ _REOPENABLE = tuple(state for state in STUDY.sources(StudyEvent.INSTANCE_ARRIVED
 
 def is_stored(database: Database, sop_instance_uid: str) -> bool:
     """Whether an instance row with this SOP Instance UID exists (committed)."""
+    return stored_path(database, sop_instance_uid) is not None
+
+
+def stored_path(database: Database, sop_instance_uid: str) -> str | None:
+    """The spool path (relative) of the stored instance with this SOP Instance UID, or None."""
     with database.session() as session:
-        found = session.execute(
-            select(Instance.id).where(Instance.sop_instance_uid == sop_instance_uid)
-        ).first()
-    return found is not None
+        return session.scalar(select(Instance.path).where(Instance.sop_instance_uid == sop_instance_uid))
+
+
+def record_conflict(
+    database: Database, sop_instance_uid: str, *, calling_aet: str | None, size_bytes: int, sha256: str, stored_sha256: str
+) -> None:
+    """Record a discarded C-STORE of a known SOP Instance UID whose content differs from the stored one."""
+    with database.session() as session:
+        session.add(
+            InstanceConflict(
+                sop_instance_uid=sop_instance_uid,
+                calling_aet=calling_aet,
+                size_bytes=size_bytes,
+                sha256=sha256,
+                stored_sha256=stored_sha256,
+            )
+        )
 
 
 def _touch_or_reopen_study(session: Session, item: ReceivedInstance, now: dt.datetime) -> tuple[int, int, bool] | None:

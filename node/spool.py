@@ -15,12 +15,15 @@ one; stale ``.part`` files from a crash are removed by :meth:`Spool.remove_parti
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import hashlib
 import logging
 import os
 import secrets
 import shutil
-from collections.abc import Callable, Iterable
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
@@ -218,3 +221,50 @@ class Spool:
 def is_disk_full(error: OSError) -> bool:
     """Whether ``error`` means the disk or quota is full (as opposed to another I/O failure)."""
     return error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def dataset_sha256(path: Path) -> str:
+    """sha256 of a spool file's data set bytes, after its File Meta Information (PS3.10 7.1).
+
+    Two senders of the same instance produce different meta (the Source AE Title), so the
+    comparison of content is on the data set alone. The meta's length is read from its first
+    element, (0002,0000) File Meta Information Group Length, which the node always writes.
+    """
+    with open(path, "rb") as handle:
+        head = handle.read(144)
+        if len(head) < 144 or head[128:132] != b"DICM" or head[132:136] != b"\x02\x00\x00\x00":
+            raise ValueError(f"{path.name} does not start with a File Meta Information Group Length")
+        group_length = int.from_bytes(head[140:144], "little")
+        handle.seek(144 + group_length)
+        digest = hashlib.sha256()
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class KeyedLocks:
+    """One lock per key (a SOP Instance UID), created on demand and dropped when unused.
+
+    Associations storing the same SOP Instance UID at once take turns from the duplicate
+    check to the committed row, so exactly one of them stores it.
+    """
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, tuple[threading.Lock, int]] = {}
+
+    @contextlib.contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        with self._guard:
+            lock, users = self._locks.get(key, (threading.Lock(), 0))
+            self._locks[key] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                lock, users = self._locks[key]
+                if users == 1:
+                    del self._locks[key]
+                else:
+                    self._locks[key] = (lock, users - 1)

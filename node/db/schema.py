@@ -102,6 +102,21 @@ class Instance(Base):
     study: Mapped[Study] = relationship(back_populates="instances")
 
 
+class InstanceConflict(Base):
+    """A C-STORE of a known SOP Instance UID with different content: discarded, and kept here on record."""
+
+    __tablename__ = "instance_conflicts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sop_instance_uid: Mapped[str] = mapped_column(UID, index=True)
+    calling_aet: Mapped[str | None] = mapped_column(AET)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    #: sha256 of the discarded data set's bytes, and of the stored one's
+    sha256: Mapped[str] = mapped_column(String(64))
+    stored_sha256: Mapped[str] = mapped_column(String(64))
+    received_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
 class Job(Base):
     """One processing run of one study generation; ``state`` moves only through :data:`node.lifecycle.JOB`."""
 

@@ -12,6 +12,7 @@ reason, never patient attributes.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
 from io import BytesIO
@@ -22,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from node.constants import NO_PIXEL_DATA_SOP_CLASSES
 from node.db import Database
 from node.dicom_uids import is_valid_uid
-from node.ingest import IngestOutcome, ReceivedInstance, StoredInstance, is_stored, record_instance
+from node.ingest import IngestOutcome, ReceivedInstance, StoredInstance, record_conflict, record_instance, stored_path
 from node.scp import statuses
 from node.scp.incoming import IncomingFile, IncomingWriter, part10_prefix
 from node.scp.dataset_header import (
@@ -34,7 +35,7 @@ from node.scp.dataset_header import (
     InflatedTooLargeError,
     read_header,
 )
-from node.spool import Spool, SpooledFile, is_disk_full
+from node.spool import KeyedLocks, Spool, SpooledFile, dataset_sha256, is_disk_full
 
 if TYPE_CHECKING:
     from pynetdicom.events import Event
@@ -99,6 +100,7 @@ class StoreHandler:
         self.spool = spool
         self.on_instance_stored = on_instance_stored
         self.incoming = incoming
+        self._instance_locks = KeyedLocks()
 
     def __call__(self, event: "Event") -> int:
         calling, called, _address = _peer(event)
@@ -214,13 +216,28 @@ class StoreHandler:
                 f"data set says SOP Class {sop_class}, the request {affected_sop_class}",
             )
 
+        with self._instance_locks.hold(sop_uid):  # concurrent senders of one UID take turns
+            return self._store_once(view, incoming, calling, called, study_uid, series_uid, sop_uid, sop_class, transfer_syntax)
+
+    def _store_once(
+        self,
+        view: memoryview,
+        incoming: IncomingFile | None,
+        calling: str,
+        called: str,
+        study_uid: str,
+        series_uid: str,
+        sop_uid: str,
+        sop_class: str,
+        transfer_syntax: str,
+    ) -> int:
         try:
-            if is_stored(self.database, sop_uid):
-                log.info("C-STORE from %s: instance %s already stored; success (duplicate)", calling, sop_uid)
-                return statuses.SUCCESS
+            known = stored_path(self.database, sop_uid)
         except SQLAlchemyError as error:
             log.error("C-STORE from %s: database unavailable for %s: %s", calling, sop_uid, type(error).__name__)
             return statuses.OUT_OF_RESOURCES_DATABASE
+        if known is not None:
+            return self._answer_known(view, calling, sop_uid, known)
 
         try:
             spooled = self._write(view, incoming, study_uid, series_uid, sop_uid, sop_class, transfer_syntax, calling)
@@ -271,6 +288,31 @@ class StoreHandler:
                 log.exception("on_instance_stored callback failed for instance %s", sop_uid)
         return statuses.SUCCESS
 
+
+    def _answer_known(self, view: memoryview, calling: str, sop_uid: str, known_path: str) -> int:
+        """A C-STORE of a stored UID: Success for the same data set, a warning and a record for another."""
+        digest = hashlib.sha256(view).hexdigest()
+        try:
+            stored_digest = dataset_sha256(self.spool.path_of(known_path))
+        except (OSError, ValueError) as error:
+            log.warning("instance %s: stored file unreadable for comparison (%s)", sop_uid, type(error).__name__)
+            stored_digest = ""
+        if digest == stored_digest:
+            log.info("C-STORE from %s: instance %s already stored; success (duplicate)", calling, sop_uid)
+            return statuses.SUCCESS
+        try:
+            record_conflict(
+                self.database, sop_uid, calling_aet=calling or None, size_bytes=view.nbytes, sha256=digest, stored_sha256=stored_digest
+            )
+        except SQLAlchemyError as error:
+            log.error("C-STORE from %s: database unavailable for %s: %s", calling, sop_uid, type(error).__name__)
+            return statuses.OUT_OF_RESOURCES_DATABASE
+        log.warning(
+            "C-STORE from %s: instance %s is already stored with other content; this one discarded, conflict recorded",
+            calling,
+            sop_uid,
+        )
+        return statuses.WARNING_CONFLICTING_DUPLICATE
 
     def _write(
         self,

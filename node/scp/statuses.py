@@ -16,6 +16,12 @@ from typing import NamedTuple
 #: instance row is committed; also for an instance already stored (a duplicate is not an error).
 SUCCESS = 0x0000
 
+# --- C-STORE: Warning (PS3.4 B.2.3: Bxxx) ----------------------------------------------------
+#: Warning: Elements Discarded. An instance with this SOP Instance UID and *different* content
+#: is already stored; the node keeps the first (UIDs must be unique, PS3.5 9.1) and discards
+#: this one. The conflict is recorded (``instance_conflicts``) for the PACS administrator.
+WARNING_CONFLICTING_DUPLICATE = 0xB006
+
 # --- C-STORE: Refused, Out of Resources (PS3.4 B.2.3: A7xx) --------------------------------
 #: The instance is larger than ``settings.max_instance_bytes``.
 OUT_OF_RESOURCES_TOO_LARGE = 0xA700
@@ -65,6 +71,7 @@ CONTEXT_TRANSFER_SYNTAXES_NOT_SUPPORTED = 0x04
 
 STATUS_NAMES: dict[int, str] = {
     SUCCESS: "Success",
+    WARNING_CONFLICTING_DUPLICATE: "Warning: Elements Discarded (another instance with this UID is stored)",
     OUT_OF_RESOURCES_TOO_LARGE: "Refused: Out of Resources (instance over the size limit)",
     OUT_OF_RESOURCES_SPOOL_WRITE: "Refused: Out of Resources (spool write failed)",
     OUT_OF_RESOURCES_DATABASE: "Refused: Out of Resources (database unavailable)",
