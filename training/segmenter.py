@@ -63,10 +63,6 @@ CHECKPOINT_NAME = "checkpoint.pt"
 WEIGHTS_NAME = "weights.pt"
 REPORT_NAME = "training.json"
 
-#: The Dice coefficient of two masks, :func:`training.evaluation.dice`, under the name that
-#: segmentation tests import from here.
-dice_score = dice
-
 #: Phantom size used for the demo segmenter's training and held-out evaluation.
 DEMO_PHANTOM_SIZE = 256
 

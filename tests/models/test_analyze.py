@@ -17,7 +17,7 @@ from models.loading import MEDSAM_WEIGHTS_FILENAME, ModelBundle, import_medsam, 
 from models.segmenter import build_segmenter
 from models.store import ModelStore, sha256_file
 from training.phantoms import generate_phantom
-from training.segmenter import dice_score
+from training.evaluation import dice as dice_score
 
 #: Held-out phantoms: far from every seed the demo training recipes draw from (0.., 10k, 20k, 30k).
 HELD_OUT_SEEDS = (97_001, 97_002)

@@ -16,7 +16,8 @@ from models.segmenter import LungSegmenter, build_segmenter
 from models.segmenter.boxes import box_iou, default_boxes, mask_bounding_box
 from models.store import ModelStore
 from training.phantoms import generate_phantom
-from training.segmenter import HELD_OUT_SEED_BASE, dice_score, held_out_phantoms
+from training.evaluation import dice as dice_score
+from training.segmenter import HELD_OUT_SEED_BASE, held_out_phantoms
 
 
 @pytest.fixture(scope="module")
