@@ -29,9 +29,6 @@ class JobState(enum.StrEnum):
     FAILED = "failed"
 
 
-#: States of a job that a start-up sweep must re-queue.
-UNFINISHED_JOB_STATES = (JobState.QUEUED, JobState.RUNNING)
-
 # Celery queues (DESIGN.md: "Celery queues").
 QUEUE_INFERENCE = "inference"
 QUEUE_DELIVERY = "delivery"

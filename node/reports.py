@@ -29,8 +29,6 @@ STUDY_SECTIONS: tuple[tuple[str, SectionFunction], ...] = (
     ("delivery", delivery_section),
 )
 
-#: Keys :func:`study_report` always has; a section may not reuse them.
-CORE_KEYS = ("study", "instances", "jobs")
 
 
 def _counts(session: Session, column: Any, states: list[str]) -> dict[str, int]:
