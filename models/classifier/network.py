@@ -268,12 +268,6 @@ class ChestClassifier:
                 raise ValueError(f"{source}: normalisation {key}={saved} differs from the config's {getattr(config, key)}")
         return cls(net, config, device)
 
-    @classmethod
-    def load_dir(cls, directory: str | Path, device: str | torch.device | None = None) -> "ChestClassifier":
-        """Load ``weights.pt`` and ``classifier.json`` from a folder written by :meth:`save`."""
-        directory = Path(directory)
-        return cls.load(directory / cls.WEIGHTS_NAME, directory / cls.CONFIG_NAME, device)
-
     def save(self, directory: str | Path, extra: dict[str, object] | None = None) -> tuple[Path, Path]:
         """Write ``weights.pt`` (state dict) and ``classifier.json`` (config plus ``extra``)."""
         directory = Path(directory)

@@ -111,7 +111,7 @@ def test_demo_training_writes_weights_and_a_complete_description(tmp_path):
     assert len(meta["training_data"]["fingerprint"]) == 64
     assert meta["training_data"]["lung_masks"] == "ground truth (phantom)"
     assert meta["clinical_use"] is False
-    loaded = ChestClassifier.load_dir(out, device="cpu")
+    loaded = ChestClassifier.load(out / ChestClassifier.WEIGHTS_NAME, out / ChestClassifier.CONFIG_NAME, device="cpu")
     assert loaded.predict([np.zeros((64, 64), np.float32)]).shape == (1, len(FINDINGS))
     again = train_demo_classifier(
         tmp_path / "again", "tight", seed=1, image_size=64, input_size=64, n_train=32, n_val=24, n_test=24,

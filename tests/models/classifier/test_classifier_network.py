@@ -86,7 +86,7 @@ def test_save_and_load_round_trip_and_refuse_a_mismatched_checkpoint(tmp_path):
     classifier = ChestClassifier.build(config, device="cpu")
     weights, config_path = classifier.save(tmp_path / "m", {"note": "test"})
     assert json.loads(config_path.read_text())["policy"] == "loose"
-    loaded = ChestClassifier.load_dir(tmp_path / "m", device="cpu")
+    loaded = ChestClassifier.load(tmp_path / "m" / ChestClassifier.WEIGHTS_NAME, tmp_path / "m" / ChestClassifier.CONFIG_NAME, device="cpu")
     image = np.random.default_rng(0).random((64, 64), dtype=np.float32)
     np.testing.assert_allclose(loaded.predict([image]), classifier.predict([image]), atol=1e-6)
     other = ChestClassifier.build(ClassifierConfig(architecture="resnet18", input_size=64), device="cpu")
