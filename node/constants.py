@@ -29,7 +29,7 @@ class JobState(enum.StrEnum):
     FAILED = "failed"
 
 
-# Celery queues (DESIGN.md: "Celery queues").
+# Celery queues: one per kind of work (inference on GPU hosts, delivery, training).
 QUEUE_INFERENCE = "inference"
 QUEUE_DELIVERY = "delivery"
 QUEUE_TRAINING = "training"

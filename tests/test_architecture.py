@@ -1,4 +1,4 @@
-"""The dependency direction of DESIGN.md, checked on every import statement.
+"""The dependency direction of the house plan, checked on every import statement.
 
 ``models`` imports neither ``node``, ``training`` nor any DICOM library; ``training`` never
 imports ``node``; ``node`` reaches ``training`` only from its admin commands (the ``cxr-node``

@@ -1,4 +1,4 @@
-"""The issue-5 study step in process_study: selection, models, SEG + SR, records, deliveries.
+"""One study through process_study: selection, models, SEG + SR, records, deliveries.
 
 Runs in-process with the bundled demo models, a real SQLite database and the in-process
 dispatcher; outputs are delivered to a recording pynetdicom SCP on loopback (the Orthanc round
