@@ -43,7 +43,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from models.analysis import STAGES, analyze, classifier_skipped  # noqa: E402
-from models.classifier import ChestClassifier, ClassifierConfig  # noqa: E402
+from models.classifier import ChestClassifier, ClassifierConfig, regions_from_maps  # noqa: E402
 from models.labels import FINDINGS, LUNG_SIDES  # noqa: E402
 from models.loading import CLASSIFIER_NORMALISATION, ModelBundle, load_models  # noqa: E402
 from models.policies import apply_policy  # noqa: E402
@@ -83,7 +83,7 @@ def time_single(bundle: ModelBundle, phantoms: list, repeats: int) -> dict[str, 
 
     With random segmenter weights the plausibility check rejects the masks and ``analyze`` skips
     the masked policy; the ``policy``, ``classifier`` and ``regions`` stages are then timed on the
-    phantom's true lung masks with the same functions (apply_policy, predict, finding_regions).
+    phantom's true lung masks with the same functions (apply_policy, predict_with_maps, regions_from_maps).
     """
     classifier, _ = bundle.classifier_for(POLICY)
     analyze(phantoms[0].image, phantoms[0].pixel_spacing_mm, POLICY, bundle=bundle)  # warm-up
@@ -97,11 +97,12 @@ def time_single(bundle: ModelBundle, phantoms: list, repeats: int) -> dict[str, 
             t0 = time.perf_counter()
             prepared = apply_policy(phantom.image, phantom.left_lung, phantom.right_lung, POLICY, phantom.pixel_spacing_mm)
             t1 = time.perf_counter()
-            probs = classifier.predict([prepared])[0]
+            batch, cams = classifier.predict_with_maps([prepared])  # one forward pass, as models.analyze does
+            probs = batch[0]
             t2 = time.perf_counter()
             positive = [k for k, p in zip(classifier.labels, probs) if p >= classifier.config.thresholds[k]]
             if positive:
-                classifier.finding_regions(prepared, positive)
+                regions_from_maps(cams[0], classifier.labels, classifier.config.input_size, prepared.shape, positive)
             t3 = time.perf_counter()
             timings.update(policy=t1 - t0, classifier=t2 - t1, regions=t3 - t2)
         runs["total"].append(time.perf_counter() - start)
