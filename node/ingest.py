@@ -96,11 +96,6 @@ class StoredInstance:
 _REOPENABLE = tuple(state for state in STUDY.sources(StudyEvent.INSTANCE_ARRIVED) if state is not StudyState.RECEIVED)
 
 
-def is_stored(database: Database, sop_instance_uid: str) -> bool:
-    """Whether an instance row with this SOP Instance UID exists (committed)."""
-    return stored_path(database, sop_instance_uid) is not None
-
-
 def stored_path(database: Database, sop_instance_uid: str) -> str | None:
     """The spool path (relative) of the stored instance with this SOP Instance UID, or None."""
     with database.session() as session:

@@ -10,7 +10,7 @@ from sqlalchemy import func, select, update
 
 from node.constants import StudyState
 from node.db import Database, Instance, Study
-from node.ingest import IngestOutcome, ReceivedInstance, is_stored, record_instance
+from node.ingest import IngestOutcome, ReceivedInstance, stored_path, record_instance
 
 STUDY = "1.2.826.0.1.3680043.8.498.1"
 
@@ -53,8 +53,8 @@ def test_concurrent_duplicates_are_recorded_once(database: Database) -> None:
         outcomes = list(pool.map(lambda _: record_instance(database, item).outcome, range(12)))
     assert outcomes.count(IngestOutcome.NEW_STUDY) == 1
     assert outcomes.count(IngestOutcome.DUPLICATE) == 11
-    assert is_stored(database, item.sop_instance_uid)
-    assert not is_stored(database, f"{STUDY}.9.9")
+    assert stored_path(database, item.sop_instance_uid) == item.path
+    assert stored_path(database, f"{STUDY}.9.9") is None
 
 
 def test_reopen_bumps_generation_once_per_reopening(database: Database) -> None:
