@@ -183,3 +183,117 @@ def as_json(text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise AssertionError(f"not JSON ({exc}): {text[:500]}") from None
+
+
+class WorkerProcess:
+    """One ``cxr-node worker`` process for some queues; can be killed and started again.
+
+    Parameters
+    ----------
+    env:
+        The whole environment of the worker (e.g. :attr:`NodeProcess.env` of the node it works
+        for: same data directory, database and broker).
+    queues:
+        Queues to consume (``--queues``), e.g. ``("inference",)``.
+    log_path:
+        The worker's stdout and stderr; each start appends a marker line.
+    pool, concurrency:
+        ``--pool`` and ``--concurrency``; the command's defaults when None.
+
+    :meth:`start` returns once Celery logs that the worker is ready (connected to the broker,
+    consuming). The worker runs in a session of its own, so :meth:`kill` reaches a prefork
+    pool's children too.
+    """
+
+    def __init__(
+        self,
+        env: dict[str, str],
+        queues: tuple[str, ...],
+        log_path: Path,
+        *,
+        pool: str | None = None,
+        concurrency: int | None = None,
+    ) -> None:
+        self.env = env
+        self.queues = queues
+        self.log_path = log_path
+        self.pool = pool
+        self.concurrency = concurrency
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def command(self) -> list[str]:
+        argv = [CXR_NODE, "worker", "--queues", ",".join(self.queues), "--log-level", "INFO"]
+        if self.pool:
+            argv += ["--pool", self.pool]
+        if self.concurrency:
+            argv += ["--concurrency", str(self.concurrency)]
+        return argv
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def _this_start_log(self) -> str:
+        return self.log_text().rsplit(f"===== start {self.starts} =====", 1)[-1]
+
+    def start(self, timeout: float = START_TIMEOUT, *, wait: bool = True) -> "WorkerProcess":
+        """Start the worker; with ``wait``, return once it logged ``ready`` (it needs the broker for that)."""
+        if self.is_running():
+            raise RuntimeError(f"the {'+'.join(self.queues)} worker is already running")
+        self.starts += 1
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n===== start {self.starts} =====\n".encode())
+            log.flush()
+            self.process = subprocess.Popen(self.command(), env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        if wait:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = START_TIMEOUT) -> "WorkerProcess":
+        """Wait until the worker of the latest start logged ``ready``; raise when it exited or took too long."""
+        if self.process is None:
+            raise RuntimeError("the worker was not started")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"cxr-node worker exited with {self.process.returncode}:\n{self._this_start_log()[-4000:]}")
+            if " ready." in self._this_start_log():
+                return self
+            time.sleep(0.1)
+        self.kill()
+        raise RuntimeError(f"cxr-node worker was not ready within {timeout} s:\n{self._this_start_log()[-4000:]}")
+
+    def is_running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.is_running() else None  # type: ignore[union-attr]
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its children (a crash: the task it runs stays unacknowledged)."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.process.wait(10)
+        self.process = None
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM (Celery's warm shutdown: the running task finishes), SIGKILL after ``timeout``."""
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+                return -signal.SIGKILL
+        code = self.process.returncode
+        self.process = None
+        return code

@@ -243,6 +243,16 @@ class OrthancServer:
         """SOP Instance UIDs stored in a study (one entry per stored instance, so duplicates show)."""
         return [i["MainDicomTags"]["SOPInstanceUID"] for i in self.instances_of_study(study_instance_uid)]
 
+    def instances_with_sop_class(self, study_instance_uid: str) -> list[tuple[str, str]]:
+        """(SOP Instance UID, SOP Class UID) of every instance stored in a study (Orthanc's ``SopClassUid`` metadata)."""
+        return [
+            (
+                i["MainDicomTags"]["SOPInstanceUID"],
+                self.request("GET", f"/instances/{i['ID']}/metadata/SopClassUid").decode().strip(),
+            )
+            for i in self.instances_of_study(study_instance_uid)
+        ]
+
     def instance_file(self, sop_instance_uid: str) -> bytes:
         """The stored DICOM file of an instance, as Orthanc holds it."""
         found = self.lookup(sop_instance_uid, "Instance")

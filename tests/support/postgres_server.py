@@ -16,6 +16,7 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -37,11 +38,17 @@ def postgres_bin_dir() -> Path:
 
 
 class PostgresServer:
-    """A throw-away PostgreSQL cluster with one database, ``cxr_node``, owned by the server user."""
+    """A throw-away PostgreSQL cluster with one database, ``cxr_node``, owned by the server user.
 
-    def __init__(self, database: str = "cxr_node") -> None:
+    :meth:`kill` ends the server the way a crash does (SIGKILL to the postmaster and every
+    backend); :meth:`start` again then brings the same cluster up on the same port, through
+    PostgreSQL's crash recovery. :meth:`stop` ends it and deletes the cluster.
+    """
+
+    def __init__(self, database: str = "cxr_node", *, max_connections: int = 50) -> None:
         self.bin = postgres_bin_dir()
         self.database = database
+        self.max_connections = max_connections
         self.port = free_port()
         self.root = Path(tempfile.mkdtemp(prefix="cxr-node-pg-"))
         self.data_dir = self.root / "data"
@@ -65,13 +72,19 @@ class PostgresServer:
         return result
 
     def start(self) -> "PostgresServer":
-        self.socket_dir.mkdir(parents=True)
+        """Create the cluster and its database (first call), start the server, wait until it accepts connections."""
+        fresh = not (self.data_dir / "PG_VERSION").exists()
+        self.socket_dir.mkdir(parents=True, exist_ok=True)
         if self.as_root:
             entry = pwd.getpwnam(SERVER_USER)
             for path in (self.root, self.socket_dir):
                 os.chown(path, entry.pw_uid, entry.pw_gid)
-        self._run("initdb", "-D", str(self.data_dir), "--auth=trust", "--encoding=UTF8", "--no-sync", "-U", self.user)
-        options = f"-p {self.port} -k {self.socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=50"
+        if fresh:
+            self._run("initdb", "-D", str(self.data_dir), "--auth=trust", "--encoding=UTF8", "--no-sync", "-U", self.user)
+        options = (
+            f"-p {self.port} -k {self.socket_dir} -c listen_addresses=127.0.0.1 -c fsync=off "
+            f"-c max_connections={self.max_connections}"
+        )
         self._run("pg_ctl", "-D", str(self.data_dir), "-l", str(self.root / "server.log"), "-o", options, "-w", "-t", str(int(START_TIMEOUT)), "start")
         self._started = True
         deadline = time.monotonic() + START_TIMEOUT
@@ -84,8 +97,42 @@ class PostgresServer:
                     self.stop()
                     raise
                 time.sleep(0.1)
-        self._run("createdb", "-h", str(self.socket_dir), "-p", str(self.port), "-U", self.user, self.database)
+        if fresh:
+            self._run("createdb", "-h", str(self.socket_dir), "-p", str(self.port), "-U", self.user, self.database)
         return self
+
+    def server_pids(self) -> list[int]:
+        """The postmaster's process id and those of its children (backends, background workers)."""
+        try:
+            postmaster = int((self.data_dir / "postmaster.pid").read_text().split("\n", 1)[0])
+        except (OSError, ValueError):
+            return []
+        pids = [postmaster]
+        for stat in glob.glob("/proc/[0-9]*/stat"):
+            try:
+                fields = Path(stat).read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == postmaster:  # field 4 of stat: the parent's pid
+                pids.append(int(Path(stat).parent.name))
+        return pids
+
+    def is_running(self) -> bool:
+        """True while the postmaster process exists."""
+        pids = self.server_pids()
+        return bool(pids) and Path(f"/proc/{pids[0]}").exists()
+
+    def kill(self) -> None:
+        """SIGKILL the postmaster and every backend at once (a crash; the cluster stays for :meth:`start`)."""
+        for pid in self.server_pids():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 30
+        while self.is_running() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self._started = False
 
     def create_database(self, name: str) -> str:
         """Create another database in the cluster; return its SQLAlchemy URL."""

@@ -21,15 +21,22 @@ START_TIMEOUT = 20.0
 
 
 class RedisServer:
-    """``redis-server`` bound to 127.0.0.1 on a free port, no persistence, data dir under ``directory``."""
+    """``redis-server`` bound to 127.0.0.1 on a free port, data dir under ``directory``.
 
-    def __init__(self, directory: Path) -> None:
+    No persistence by default: a restart gives an empty server. With ``appendonly`` the server
+    keeps an append-only file in ``directory`` (fsync every second, as a production broker
+    would), so a server killed with :meth:`kill` and started again keeps every message it had
+    acknowledged (Redis writes the file before it answers a client).
+    """
+
+    def __init__(self, directory: Path, *, appendonly: bool = False) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed; install the Debian package redis-server")
         self.binary = binary
         self.directory = directory
         self.port = free_port()
+        self.appendonly = appendonly
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -47,14 +54,15 @@ class RedisServer:
 
     def start(self) -> "RedisServer":
         self.directory.mkdir(parents=True, exist_ok=True)
-        log = open(self.directory / "redis.log", "wb")
+        log = open(self.directory / "redis.log", "ab")
         self.process = subprocess.Popen(
             [
                 self.binary,
                 "--port", str(self.port),
                 "--bind", "127.0.0.1",
                 "--save", "",
-                "--appendonly", "no",
+                "--appendonly", "yes" if self.appendonly else "no",
+                "--appendfsync", "everysec",
                 "--dir", str(self.directory),
                 "--daemonize", "no",
             ],
@@ -81,8 +89,19 @@ class RedisServer:
                 self.process.wait(10)
         self.process = None
 
+    def kill(self) -> None:
+        """SIGKILL: the server gets no chance to save anything (a crash)."""
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.kill()
+            self.process.wait(10)
+        self.process = None
+
+    def is_running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
     def restart(self) -> None:
-        """Stop and start again on the same port: an empty server with a new ``run_id``."""
+        """Stop and start again on the same port: a new ``run_id``, empty unless ``appendonly``."""
         self.stop()
         self.start()
 
