@@ -9,7 +9,7 @@ Study::
 
     received --quiet-------------> queued --job_claimed--> running --job_done-----> done
        ^  |                           ^                       |  \\--job_failed---> failed
-       |  +--instance_arrived--+      +------worker_lost------+
+       |  +--instance_arrived--+      +--worker_lost, job_released--+
        +--instance_arrived-- (queued, running, done, delivered, failed: re-opened)
     done | delivered | failed --deliveries_sent--> delivered
     done | delivered | failed --deliveries_failed--> failed
@@ -21,7 +21,7 @@ Job::
                         running --failed----> failed
                         running --superseded--> done
                         running --worker_lost--> queued
-                        running --taken_over--> running
+                        running --released--> queued
     queued | running --gave_up--> failed
 
 Delivery::
@@ -33,7 +33,7 @@ Delivery::
 
 The conditional ``UPDATE`` is what makes concurrent workers safe: two of them racing for the
 same move both issue it, and the database lets exactly one match. A move that matches no row
-(a duplicate wake-up, a job taken over, a study re-opened meanwhile) is not an error: the
+(a duplicate wake-up, a job given up or closed meanwhile, a study re-opened meanwhile) is not an error: the
 caller is told by the return value and decides.
 """
 
@@ -62,6 +62,7 @@ class StudyEvent(enum.StrEnum):
     JOB_DONE = "job_done"
     JOB_FAILED = "job_failed"
     WORKER_LOST = "worker_lost"  #: the job's worker died; the job is queued again
+    JOB_RELEASED = "job_released"  #: the job's worker gave it back (the database was away); queued again
     GAVE_UP = "gave_up"  #: the job was given up before it could run again
     DELIVERIES_SENT = "deliveries_sent"  #: every output reached every destination
     DELIVERIES_FAILED = "deliveries_failed"  #: every delivery is final, one or more failed
@@ -71,11 +72,11 @@ class JobEvent(enum.StrEnum):
     """What happens to a job."""
 
     CLAIMED = "claimed"
-    TAKEN_OVER = "taken_over"  #: claimed again after its worker was presumed dead
+    RELEASED = "released"  #: given back by its worker, not finished (the database was away)
     FINISHED = "finished"
     FAILED = "failed"
     SUPERSEDED = "superseded"  #: the study moved to a newer generation before the job ran
-    WORKER_LOST = "worker_lost"
+    WORKER_LOST = "worker_lost"  #: its worker stopped heartbeating (or the node restarted)
     GAVE_UP = "gave_up"
 
 
@@ -193,6 +194,7 @@ STUDY: Lifecycle[StudyState, StudyEvent] = Lifecycle(
             ((_S.RUNNING,), StudyEvent.JOB_DONE, _S.DONE),
             ((_S.RUNNING,), StudyEvent.JOB_FAILED, _S.FAILED),
             ((_S.RUNNING,), StudyEvent.WORKER_LOST, _S.QUEUED),
+            ((_S.RUNNING,), StudyEvent.JOB_RELEASED, _S.QUEUED),
             ((_S.QUEUED, _S.RUNNING), StudyEvent.GAVE_UP, _S.FAILED),
             (_PROCESSED, StudyEvent.DELIVERIES_SENT, _S.DELIVERED),
             (_PROCESSED, StudyEvent.DELIVERIES_FAILED, _S.FAILED),
@@ -207,11 +209,11 @@ JOB: Lifecycle[JobState, JobEvent] = Lifecycle(
     _table(
         [
             ((_J.QUEUED,), JobEvent.CLAIMED, _J.RUNNING),
-            ((_J.RUNNING,), JobEvent.TAKEN_OVER, _J.RUNNING),
             ((_J.RUNNING,), JobEvent.FINISHED, _J.DONE),
             ((_J.RUNNING,), JobEvent.FAILED, _J.FAILED),
             ((_J.RUNNING,), JobEvent.SUPERSEDED, _J.DONE),
             ((_J.RUNNING,), JobEvent.WORKER_LOST, _J.QUEUED),
+            ((_J.RUNNING,), JobEvent.RELEASED, _J.QUEUED),
             ((_J.QUEUED, _J.RUNNING), JobEvent.GAVE_UP, _J.FAILED),
         ]
     ),

@@ -123,8 +123,11 @@ def study_report(session: Session, study_instance_uid: str) -> dict[str, Any]:
                 "started_at": iso(j.started_at),
                 "finished_at": iso(j.finished_at),
                 "worker": j.worker,
+                "heartbeat_at": iso(j.heartbeat_at),
+                "progress": j.progress,
                 "error": j.error,
                 "summary": j.summary,
+                "interruptions": j.interruptions or [],
             }
             for j in jobs
         ],

@@ -8,9 +8,11 @@ Start-up order:
 2. the dispatcher is created (Celery with a broker, else in-process thread pools);
 3. the sweep: every job the database says is unfinished gets a wake-up (in-process, every
    ``running`` job is dead — its threads belonged to the previous process; with a broker,
-   only those running past ``CXR_NODE_JOB_TIMEOUT_SECONDS``), then every pending delivery is
-   woken (:func:`node.delivery.task.requeue_pending_deliveries`);
-4. the completion scanner thread starts;
+   only those whose heartbeat stopped), then every pending delivery is woken
+   (:func:`node.delivery.task.requeue_pending_deliveries`);
+4. the completion scanner thread starts; about every heartbeat interval it also runs the job
+   sweep (:meth:`NodeService.periodic_sweep`), so a dead worker's job is queued again seconds
+   after its heartbeat stopped;
 5. the DICOM listener starts (:func:`node.scp.server.start_listener`).
 
 :meth:`NodeService.stop` (SIGTERM, SIGINT) closes the listener first, then the scanner, then
@@ -26,7 +28,7 @@ import threading
 from types import FrameType
 from typing import Any
 
-from node.completion import STALE_SWEEP_EVERY_PASSES, CompletionScanner
+from node.completion import CompletionScanner
 from node.db import Database
 from node.settings import Settings
 from node.tasks.context import TaskContext
@@ -38,13 +40,18 @@ from node.delivery.task import requeue_pending_deliveries
 log = logging.getLogger(__name__)
 
 
+def job_sweep_every_passes(settings: Settings) -> int:
+    """Completion-scanner passes between two job sweeps: about one heartbeat interval."""
+    return max(1, round(settings.job_heartbeat_seconds / settings.scan_interval_seconds))
+
+
 class NodeService:
     """The composed node; :meth:`start` then :meth:`stop`, or :meth:`run` until a signal."""
 
-    def __init__(self, settings: Settings, *, with_listener: bool = True, sweep_every_passes: int = STALE_SWEEP_EVERY_PASSES) -> None:
+    def __init__(self, settings: Settings, *, with_listener: bool = True, sweep_every_passes: int | None = None) -> None:
         self.settings = settings
         self.with_listener = with_listener
-        self.sweep_every_passes = sweep_every_passes
+        self.sweep_every_passes = sweep_every_passes or job_sweep_every_passes(settings)
         self._broker_id: str | None = None
         self.database = Database(settings.resolved_database_url)
         self.dispatcher: Dispatcher | None = None
@@ -84,7 +91,7 @@ class NodeService:
             self.database,
             settings,
             dispatcher.process_study,
-            on_stale_sweep=None if self.in_process else self.periodic_sweep,
+            on_stale_sweep=self.periodic_sweep,
             sweep_every_passes=self.sweep_every_passes,
         )
         self.scanner.add_wakeups(wake)
@@ -110,14 +117,17 @@ class NodeService:
             return None
 
     def periodic_sweep(self) -> list[int]:
-        """Broker mode, every ``sweep_every_passes`` scans: job ids that need another wake-up.
+        """Every ``sweep_every_passes`` scans (about every heartbeat): job ids that need another wake-up.
 
-        Running jobs past ``CXR_NODE_JOB_TIMEOUT_SECONDS`` (their worker died) are queued again;
-        when the broker restarted since the last look (a Redis without persistence forgets
-        every message), every queued job is woken again. Duplicates are harmless: a job is
-        claimed once.
+        Running jobs whose heartbeat stopped (their worker died) are queued again, or given up
+        when the evidence says the study is to blame (:func:`node.tasks.jobs.requeue_lost`);
+        with a broker, when it restarted since the last look (a Redis without persistence
+        forgets every message), every queued job is woken again. Duplicates are harmless: a
+        job is claimed once.
         """
         wake = requeue_stale_running(self.database, self.settings)
+        if self.in_process:
+            return wake
         current = self._read_broker_id()
         if current is not None and self._broker_id is not None and current != self._broker_id:
             queued = queued_job_ids(self.database)

@@ -159,6 +159,16 @@ class Settings(BaseSettings):
     broker_url: str | None = Field(None, description="Celery broker (Redis); unset runs tasks in-process.")
     inprocess_workers: int = Field(2, ge=1, description="Threads for tasks when no broker is set.")
     job_timeout_seconds: float = Field(3600.0, gt=0, description="Longest a job may run; broker visibility is above it.")
+    job_heartbeat_seconds: float = Field(2.0, gt=0, description="How often a running job renews its heartbeat.")
+    job_heartbeat_timeout_seconds: float = Field(
+        15.0, gt=0, description="A running job whose heartbeat is older than this lost its worker; it is queued again."
+    )
+    job_blame_after_crashes: int = Field(
+        3, ge=1, description="Deaths of a worker running the job alone at one point after which the study is given up."
+    )
+    job_max_interruptions: int = Field(
+        10, ge=1, description="Interruptions of a job after which it is given up even without evidence against the study."
+    )
 
     # --- processing ------------------------------------------------------------------------
     mask_policy: Annotated[tuple[str, ...], NoDecode] = Field(

@@ -29,6 +29,7 @@ from node.cli.kit import (
 from node.constants import QUEUE_DELIVERY, QUEUE_INFERENCE, QUEUE_TRAINING
 from node.logs import configure_logging
 from node.settings import RemoteNode
+from node.tasks.interruptions import Interruption, describe_point
 
 KNOWN_QUEUES = (QUEUE_INFERENCE, QUEUE_DELIVERY, QUEUE_TRAINING)
 WORKER_POOLS = ("solo", "threads", "prefork")
@@ -225,6 +226,12 @@ def studies_show(
             f"started {j['started_at'] or '-'}, finished {j['finished_at'] or '-'}"
             + (f", error: {j['error']}" if j["error"] else "")
         )
+        for n, cut in enumerate(j["interruptions"], start=1):
+            point = describe_point(Interruption.from_json(cut).point)
+            typer.echo(
+                f"    interruption {n}: attempt {cut['attempt']} on {cut['worker'] or '?'}, noticed {cut['noticed_at']} "
+                f"({cut['how']}), {'alone in its process' if cut['alone'] else 'beside other jobs'}, at {point}"
+            )
     for name in report:
         if name not in ("study", "instances", "jobs"):
             typer.echo(f"{name}:")

@@ -134,6 +134,12 @@ class Job(Base):
     worker: Mapped[str | None] = mapped_column(String(128), default=None)
     error: Mapped[str | None] = mapped_column(Text, default=None)
     summary: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    #: Renewed every few seconds by the worker running the job (``node.tasks.heartbeat``).
+    heartbeat_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    #: The point the running attempt reached: ``{"image": n, "of": total, "stage": name}``.
+    progress: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    #: Attempts cut short by the death of their process (``node.tasks.interruptions``).
+    interruptions: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, default=None)
 
     study: Mapped[Study] = relationship(back_populates="jobs")
 

@@ -13,6 +13,7 @@ from node.db import Database
 from node.delivery.senders import DEFAULT_SENDERS, Sender
 from node.outputs.builders import DEFAULT_BUILDERS, OutputBuilder
 from node.settings import Settings
+from node.tasks.isolation import IsolationGate
 
 if TYPE_CHECKING:  # pragma: no cover
     from node.tasks.dispatch import Dispatcher
@@ -28,6 +29,7 @@ class TaskContext:
     ``dispatcher`` sends follow-up tasks (``context.dispatcher.enqueue(name, *args)``) through
     the transport this task came from. ``builders`` are the output builders a job runs, in
     order; ``senders`` the protocols delivery can speak, by destination scheme.
+    ``isolation`` is the process's gate that runs a job interrupted before alone.
     """
 
     settings: Settings
@@ -35,6 +37,7 @@ class TaskContext:
     dispatcher: "Dispatcher"
     builders: Sequence[OutputBuilder] = DEFAULT_BUILDERS
     senders: Mapping[str, Sender] = field(default_factory=lambda: dict(DEFAULT_SENDERS))
+    isolation: IsolationGate = field(default_factory=IsolationGate)
 
     def worker_name(self) -> str:
         """``host/pid/thread`` of the code running now, as recorded on a claimed job."""

@@ -29,7 +29,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.errors import InvalidDicomError
 from sqlalchemy import select
 
-from node.constants import COMPANION_SOP_CLASSES
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from node.constants import COMPANION_SOP_CLASSES, TASK_PROCESS_STUDY
 from node.db import Instance
 from node.tasks.context import TaskContext
 from node.delivery.destinations import destinations_for
@@ -37,9 +39,13 @@ from node.delivery.records import create_deliveries
 from node.delivery.task import enqueue_deliveries, group_by_destination
 from node.lifecycle import JobEvent
 from node.pipeline import STEP_NAME, ImageRecord, analyse_image, analysis_summary, store_records
-from node.tasks.jobs import ClaimedJob, claim_job, close_job, fail_job
+from node.tasks.heartbeat import JobHeartbeat
+from node.tasks.jobs import ClaimedJob, claim_job, close_job, fail_job, release_job, was_interrupted
 
 log = logging.getLogger(__name__)
+
+#: Errors that mean the database is unreachable (restarting, network), not that the study is bad.
+DATABASE_AWAY = (OperationalError, InterfaceError)
 
 #: Longest decode error text kept in an inspection.
 DECODE_ERROR_MAX_CHARS = 500
@@ -256,11 +262,14 @@ class StageError(RuntimeError):
         self.stage = stage
 
 
-def run_study(claim: ClaimedJob, context: TaskContext) -> tuple[dict[str, Any], list[ImageRecord]]:
+def run_study(
+    claim: ClaimedJob, context: TaskContext, heartbeat: JobHeartbeat | None = None
+) -> tuple[dict[str, Any], list[ImageRecord]]:
     """Open, decode and analyse the claimed study's images one at a time; return the summary and records.
 
     Only one decoded image is held at a time. Outputs are written to the output directory
-    here; their rows are recorded by :func:`record_study`.
+    here; their rows are recorded by :func:`record_study`. With ``heartbeat``, the image and
+    stage reached are recorded before each stage (the point a crash happened at).
     """
     started = time.perf_counter()
     policies = context.settings.policies_for(claim.calling_aet, claim.called_aet)
@@ -269,7 +278,10 @@ def run_study(claim: ClaimedJob, context: TaskContext) -> tuple[dict[str, Any], 
     not_decoded: list[str] = []
     views: set[str] = set()
     seconds = {"open": 0.0, "images": 0.0}
-    for row in _instance_rows(claim, context):
+    rows = _instance_rows(claim, context)
+    for number, row in enumerate(rows, start=1):
+        if heartbeat is not None:
+            heartbeat.reached("open", number, len(rows))
         clock = time.perf_counter()
         opened = open_study_instance(claim, row, context)
         seconds["open"] += time.perf_counter() - clock
@@ -278,10 +290,14 @@ def run_study(claim: ClaimedJob, context: TaskContext) -> tuple[dict[str, Any], 
         if not opened.decoded:
             not_decoded.append(opened.sop_instance_uid)
         views.add(opened.inspection.get("view_position") or "")
+        if heartbeat is not None:
+            heartbeat.reached("analyse", number, len(rows))
         clock = time.perf_counter()
         try:
             records.extend(analyse_image(opened, policies, context.settings, context.builders))
-        except Exception as exc:  # models, disk: not this image's fault; the job fails and is retried
+        except DATABASE_AWAY:
+            raise
+        except Exception as exc:  # models, disk: not this image's fault; the job fails
             raise StageError("analysis", exc) from exc
         seconds["images"] += time.perf_counter() - clock
         del opened  # one decoded image at a time
@@ -320,27 +336,37 @@ def process_study(job_id: int, *, context: TaskContext) -> dict[str, Any] | None
     and write its outputs (:func:`run_study`); record results, outputs, deliveries and the
     job's end in one transaction (:func:`record_study`); only then wake the deliveries.
 
-    Idempotent: a duplicate wake-up, or one for a finished job, returns ``None`` and changes
-    nothing. Failures are recorded on the job (state ``failed``, ``error``) and logged; the
-    function itself returns normally so that the transport acknowledges the wake-up.
+    While it runs, the job's heartbeat is renewed (:class:`~node.tasks.heartbeat.JobHeartbeat`);
+    a job interrupted before runs alone in this process (:class:`~node.tasks.isolation.IsolationGate`).
+
+    Idempotent: a duplicate wake-up, or one for a job running or finished, returns ``None`` and
+    changes nothing. Failures are recorded on the job (state ``failed``, ``error``) and logged;
+    the function itself returns normally so that the transport acknowledges the wake-up. When
+    the database goes away mid-job, the job is given back to the queue once it answers again
+    (:func:`release_when_possible`) and the wake-up is sent again after a short delay: a
+    database restart is not the study's failure.
     """
-    claim = claim_job(
-        context.database, job_id, worker=context.worker_name(), stale_after_seconds=context.settings.job_timeout_seconds
-    )
-    if claim is None:
-        return None
-    try:
-        summary, records = run_study(claim, context)
-        delivery_ids = record_study(claim, summary, records, context)
-    except Exception as exc:
-        log.exception("job %d (study %s) failed", job_id, claim.study_instance_uid)
-        error = str(exc) if isinstance(exc, StageError) else f"{type(exc).__name__}: {exc}"
-        fail_job(context.database, claim, error)
-        return {"job_id": job_id, "state": "failed", "error": error}
-    if delivery_ids is None:
-        return None
+    # A job interrupted before runs alone; it waits for the gate before it is claimed, so that
+    # a job waiting here is not `running` beside the others if the process dies meanwhile.
+    with context.isolation.hold(exclusive=was_interrupted(context.database, job_id)):
+        claim = claim_job(context.database, job_id, worker=context.worker_name())
+        if claim is None:
+            return None
+        outcome = _run_claimed(claim, context)
+    if outcome is None or "error" in outcome:
+        return outcome
+    summary, delivery_ids = outcome["summary"], outcome["delivery_ids"]
     if delivery_ids:
-        wakeups = enqueue_deliveries(context.dispatcher, group_by_destination(context.database, delivery_ids))
+        try:
+            wakeups = enqueue_deliveries(context.dispatcher, group_by_destination(context.database, delivery_ids))
+        except Exception as exc:  # the broker away: the deliveries are recorded, the delivery sweep sends them
+            log.warning(
+                "job %d done but its %d deliveries could not be woken (%s); the delivery sweep sends them",
+                job_id,
+                len(delivery_ids),
+                type(exc).__name__,
+            )
+            wakeups = 0
         summary["steps"][STEP_NAME]["delivery_wakeups"] = wakeups
     log.info(
         "job %d done: study %s, %d instance(s), %d decoded, %d deliveries",
@@ -351,3 +377,58 @@ def process_study(job_id: int, *, context: TaskContext) -> dict[str, Any] | None
         len(delivery_ids),
     )
     return summary
+
+
+def _run_claimed(claim: ClaimedJob, context: TaskContext) -> dict[str, Any] | None:
+    """Run and record the claimed job inside its heartbeat; the outcome, or None if it is no longer ours."""
+    job_id = claim.job_id
+    with JobHeartbeat(context.database, job_id, claim.attempt, every_seconds=context.settings.job_heartbeat_seconds) as heartbeat:
+        try:
+            summary, records = run_study(claim, context, heartbeat)
+            heartbeat.reached("record")
+            delivery_ids = record_study(claim, summary, records, context)
+        except DATABASE_AWAY as exc:
+            log.warning("job %d (study %s): the database went away (%s)", job_id, claim.study_instance_uid, type(exc).__name__)
+            if release_when_possible(context, claim, f"the database went away ({type(exc).__name__})"):
+                _wake_again(context, job_id)
+            return {"job_id": job_id, "state": "released", "error": f"database unavailable: {type(exc).__name__}"}
+        except Exception as exc:
+            log.exception("job %d (study %s) failed", job_id, claim.study_instance_uid)
+            error = str(exc) if isinstance(exc, StageError) else f"{type(exc).__name__}: {exc}"
+            fail_job(context.database, claim, error)
+            return {"job_id": job_id, "state": "failed", "error": error}
+    if delivery_ids is None:
+        return None
+    return {"summary": summary, "delivery_ids": delivery_ids}
+
+
+#: Seconds :func:`release_when_possible` keeps trying, and the delay of the wake-up sent after.
+RELEASE_PATIENCE_SECONDS = 60.0
+WAKE_AGAIN_SECONDS = 2.0
+
+
+def release_when_possible(context: TaskContext, claim: ClaimedJob, reason: str) -> bool:
+    """Give the job back to the queue, retrying while the database is away; False if it never answered.
+
+    Called inside the job's heartbeat, so the sweep does not take the job for a dead worker's
+    while this waits. If the database stays away longer than :data:`RELEASE_PATIENCE_SECONDS`,
+    the heartbeat stops with this attempt and the sweep queues the job again later.
+    """
+    deadline = time.monotonic() + RELEASE_PATIENCE_SECONDS
+    delay = 0.5
+    while True:
+        try:
+            return release_job(context.database, claim, reason)
+        except DATABASE_AWAY:
+            if time.monotonic() + delay > deadline:
+                log.error("job %d: the database did not answer for %.0f s; the sweep will queue it again", claim.job_id, RELEASE_PATIENCE_SECONDS)
+                return False
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def _wake_again(context: TaskContext, job_id: int) -> None:
+    try:
+        context.dispatcher.enqueue(TASK_PROCESS_STUDY, job_id, countdown=WAKE_AGAIN_SECONDS)
+    except Exception as exc:  # broker away or node stopping: the job is queued in the database for the sweeps
+        log.warning("job %d: wake-up not sent again (%s); the sweep wakes it", job_id, type(exc).__name__)

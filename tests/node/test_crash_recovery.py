@@ -71,4 +71,7 @@ def test_job_running_when_the_node_is_killed_is_run_again_and_finished_once(tmp_
     [job] = report["jobs"]
     assert (job["state"], job["attempts"]) == ("done", 2)  # the dead attempt, then the one that finished
     assert all(i["inspection"]["decoded"] and i["inspection"]["job_id"] == job["id"] for i in report["instances"])
-    assert "was running when its worker stopped; queued again" in node.log_text()
+    [cut] = job["interruptions"]
+    assert (cut["attempt"], cut["alone"], cut["how"]) == (1, True, "the node started again after its process stopped")
+    assert cut["progress"]["stage"] in ("open", "analyse", "record") and cut["progress"]["of"] == 4
+    assert f"job {job['id']} lost its worker" in node.log_text()

@@ -129,7 +129,7 @@ def test_ingest_completion_and_claiming_on_postgres(postgres: PostgresServer, tm
 
     def claim(n: int) -> None:
         barrier8.wait()
-        claims.append(claim_job(database, job_id, worker=f"w{n}", stale_after_seconds=3600))
+        claims.append(claim_job(database, job_id, worker=f"w{n}"))
 
     threads = [threading.Thread(target=claim, args=(n,)) for n in range(8)]
     for t in threads:
