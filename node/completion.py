@@ -82,6 +82,39 @@ def queue_quiet_studies(database: Database, settings: Settings, *, now: dt.datet
     return queued
 
 
+def reprocess_study(database: Database, study_instance_uid: str) -> int:
+    """Re-open a processed study (done, delivered or failed) as a new generation; return it.
+
+    The study goes back to ``received`` with its quiet period already over, so the completion
+    scanner of the running node (or of the next one to start) queues a job for the new
+    generation at its next pass; that job analyses every instance again and its outputs are
+    delivered like the first ones.
+
+    Raises ``LookupError`` for an unknown study and ``ValueError`` for one that is not
+    processed yet (still receiving, queued or running).
+    """
+    with database.session() as session:
+        row = session.execute(
+            select(Study.id, Study.state).where(Study.study_instance_uid == study_instance_uid)
+        ).first()
+        if row is None:
+            raise LookupError(f"no study {study_instance_uid} in the database; check the UID with `cxr-node status`")
+        moved = STUDY.apply(
+            session,
+            Study,
+            StudyEvent.REPROCESS,
+            Study.id == row.id,
+            values={"generation": Study.generation + 1, "updated_at": utcnow()},
+        )
+        if moved != 1:
+            raise ValueError(
+                f"study {study_instance_uid} is {row.state}; only a done, delivered or failed study is processed again"
+            )
+        generation = session.scalar(select(Study.generation).where(Study.id == row.id))
+    log.info("study %s re-opened for processing again (generation %d)", study_instance_uid, generation)
+    return int(generation)  # type: ignore[arg-type]
+
+
 def _queue_one(database: Database, study_id: int, uid: str, generation: int, cutoff: dt.datetime) -> QueuedStudy | None:
     try:
         with database.session() as session:

@@ -11,6 +11,7 @@ Study::
        ^  |                           ^                       |  \\--job_failed---> failed
        |  +--instance_arrived--+      +--worker_lost, job_released--+
        +--instance_arrived-- (queued, running, done, delivered, failed: re-opened)
+    done | delivered | failed --reprocess--> received (a new generation)
     done | delivered | failed --deliveries_sent--> delivered
     done | delivered | failed --deliveries_failed--> failed
     queued --gave_up--> failed
@@ -64,6 +65,7 @@ class StudyEvent(enum.StrEnum):
     WORKER_LOST = "worker_lost"  #: the job's worker died; the job is queued again
     JOB_RELEASED = "job_released"  #: the job's worker gave it back (the database was away); queued again
     GAVE_UP = "gave_up"  #: the job was given up before it could run again
+    REPROCESS = "reprocess"  #: an operator asked for the study to be processed again
     DELIVERIES_SENT = "deliveries_sent"  #: every output reached every destination
     DELIVERIES_FAILED = "deliveries_failed"  #: every delivery is final, one or more failed
 
@@ -196,6 +198,7 @@ STUDY: Lifecycle[StudyState, StudyEvent] = Lifecycle(
             ((_S.RUNNING,), StudyEvent.WORKER_LOST, _S.QUEUED),
             ((_S.RUNNING,), StudyEvent.JOB_RELEASED, _S.QUEUED),
             ((_S.QUEUED, _S.RUNNING), StudyEvent.GAVE_UP, _S.FAILED),
+            (_PROCESSED, StudyEvent.REPROCESS, _S.RECEIVED),
             (_PROCESSED, StudyEvent.DELIVERIES_SENT, _S.DELIVERED),
             (_PROCESSED, StudyEvent.DELIVERIES_FAILED, _S.FAILED),
         ]

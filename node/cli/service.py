@@ -238,6 +238,33 @@ def studies_show(
             print_json(report[name])
 
 
+@studies_app.command("reprocess")
+def studies_reprocess(
+    study_instance_uid: str = typer.Argument(..., help="Study Instance UID of a done, delivered or failed study."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Process a study again (a new generation): e.g. one given up, once its cause is fixed."""
+    configure_logging("WARNING")
+    database = open_database(settings_or_exit())
+    from node.completion import reprocess_study
+
+    try:
+        generation = reprocess_study(database, study_instance_uid.strip())
+    except LookupError as exc:
+        fail(str(exc))
+    except ValueError as exc:
+        fail(str(exc), EXIT_USAGE)
+    finally:
+        database.engine.dispose()
+    if as_json:
+        print_json({"study_instance_uid": study_instance_uid.strip(), "generation": generation})
+    else:
+        typer.echo(
+            f"study {study_instance_uid.strip()} re-opened as generation {generation}; "
+            "the running node queues it at its next completion scan"
+        )
+
+
 # --- echo ----------------------------------------------------------------------------------------
 
 

@@ -159,3 +159,19 @@ def test_echo_to_a_closed_port_and_to_a_malformed_peer(env: Path) -> None:
     assert closed.exit_code == 1 and "could not connect" in closed.stderr
     malformed = runner.invoke(app, ["echo", "PEER-at-host"])
     assert malformed.exit_code == 2 and "AET@host:port" in malformed.stderr
+
+
+def test_studies_reprocess_reopens_a_processed_study_as_a_new_generation_that_the_scanner_queues(populated, env: Path) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(env)
+    database = make_database(settings)
+
+    result = runner.invoke(app, ["studies", "reprocess", populated["done"], "--json"])
+    assert result.exit_code == 0, result.output
+    assert _json(result) == {"study_instance_uid": populated["done"], "generation": 1}
+    [queued] = [q for q in queue_quiet_studies(database, settings) if q.study_instance_uid == populated["done"]]
+    assert queued.generation == 1
+
+    refused = runner.invoke(app, ["studies", "reprocess", populated["queued"]])
+    assert refused.exit_code == 2 and "is queued; only a done, delivered or failed study" in refused.output
+    unknown = runner.invoke(app, ["studies", "reprocess", "1.2.3.4"])
+    assert unknown.exit_code == 1 and "no study 1.2.3.4" in unknown.output
