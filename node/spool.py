@@ -16,12 +16,10 @@ one; stale ``.part`` files from a crash are removed by :meth:`Spool.remove_parti
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import logging
 import os
 import secrets
-import shutil
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -30,6 +28,7 @@ from typing import BinaryIO
 
 from node.constants import DICOM_SUFFIX, PARTIAL_SUFFIX
 from node.dicom_uids import require_uid
+from node.disk import free_bytes
 
 log = logging.getLogger(__name__)
 
@@ -211,16 +210,8 @@ class Spool:
         return removed
 
     def free_bytes(self) -> int:
-        """Free bytes available to this process on the spool's file system."""
-        target = self.root if self.root.exists() else self.root.parent
-        while not target.exists():
-            target = target.parent
-        return shutil.disk_usage(target).free
-
-
-def is_disk_full(error: OSError) -> bool:
-    """Whether ``error`` means the disk or quota is full (as opposed to another I/O failure)."""
-    return error.errno in (errno.ENOSPC, errno.EDQUOT)
+        """Free bytes available to this process on the spool's file system (one ``statvfs``)."""
+        return free_bytes(self.root)
 
 
 def dataset_sha256(path: Path) -> str:

@@ -10,8 +10,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import create_engine, event, inspect, text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+from node.disk import DiskReserve, is_disk_full_error
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +50,18 @@ def _create_private_file(path: Path) -> None:
         pass
 
 
+#: Suffix of the disk reserve kept next to a SQLite database file (:meth:`Database.keep_disk_reserve`).
+RESERVE_SUFFIX = ".reserve"
+
+
 class Database:
     """A database URL with its engine and session factory.
 
     Use :meth:`session` as a context manager: it commits on success and rolls back on error.
     """
+
+    #: The SQLite database's disk reserve, when one is kept (:meth:`keep_disk_reserve`).
+    disk_reserve: DiskReserve | None = None
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -66,15 +75,53 @@ class Database:
             self.engine = create_engine(url, pool_pre_ping=True)
         self._factory = sessionmaker(self.engine, expire_on_commit=False)
 
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The SQLite database file, or ``None`` (another database, or SQLite in memory)."""
+        url = make_url(self.url)
+        if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+            return None
+        return Path(url.database)
+
+    def keep_disk_reserve(self, size_bytes: int) -> DiskReserve | None:
+        """Keep ``size_bytes`` of disk next to a SQLite database file for the writes that record failures.
+
+        The reserve (``<database file>.reserve``, :class:`node.disk.DiskReserve`) is created now
+        when there is room. Every :meth:`session` checks it first (one ``statvfs``): on a nearly
+        full disk it is released before SQLite fails, and a transaction that still fails for lack
+        of space releases it, so that the caller's next transaction (recording the failure) has
+        room. Returns ``None``, keeping nothing, for ``size_bytes`` 0 and for databases that are
+        not a SQLite file (a database server has its own disk).
+        """
+        path = self.sqlite_path
+        if size_bytes <= 0 or path is None:
+            self.disk_reserve = None
+            return None
+        reserve = DiskReserve(path.with_name(path.name + RESERVE_SUFFIX), size_bytes)
+        reserve.check()
+        self.disk_reserve = reserve
+        return reserve
+
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """A session in a transaction: committed when the block ends, rolled back on error."""
+        """A session in a transaction: committed when the block ends, rolled back on error.
+
+        With a disk reserve (:meth:`keep_disk_reserve`), the reserve is checked first and released
+        when the transaction fails because the disk is full.
+        """
+        reserve = self.disk_reserve
+        if reserve is not None:
+            reserve.check()
         session = self._factory()
         try:
             yield session
             session.commit()
-        except BaseException:
-            session.rollback()
+        except BaseException as error:
+            try:
+                session.rollback()
+            finally:
+                if reserve is not None and is_disk_full_error(error):
+                    reserve.release(f"a database write failed: {type(error).__name__}")
             raise
         finally:
             session.close()
