@@ -5,7 +5,9 @@ pynetdicom received (the buffer behind :meth:`pynetdicom.events.Event.encoded_da
 UIDs (:mod:`node.scp.dataset_header`), then makes the instance durable in the spool: normally by
 moving the file :mod:`node.scp.incoming` wrote while the data set arrived (only its tail is left
 to fsync), else by writing File Meta Information plus those bytes atomically (:mod:`node.spool`).
-It commits the instance row (:mod:`node.ingest`) and only then answers Success. Each refusal
+It commits the instance row (:mod:`node.ingest`) and only then answers Success. Below the disk
+watermark (``settings.min_free_disk_bytes``) it refuses each instance before writing anything of
+it, as the association check refuses new associations. Each refusal
 has its own status (:mod:`node.scp.statuses`) and one log line carrying UIDs, AE titles and the
 reason, never patient attributes.
 """
@@ -35,7 +37,8 @@ from node.scp.dataset_header import (
     InflatedTooLargeError,
     read_header,
 )
-from node.spool import KeyedLocks, Spool, SpooledFile, dataset_sha256, is_disk_full
+from node.disk import is_disk_full
+from node.spool import KeyedLocks, Spool, SpooledFile, dataset_sha256
 
 if TYPE_CHECKING:
     from pynetdicom.events import Event
@@ -73,7 +76,7 @@ class StoreHandler:
     Parameters
     ----------
     settings:
-        Reads ``max_instance_bytes``.
+        Reads ``max_instance_bytes`` and ``min_free_disk_bytes`` (0: no per-instance disk check).
     database:
         Where instance and study rows are committed.
     spool:
@@ -96,6 +99,7 @@ class StoreHandler:
         incoming: IncomingWriter | None = None,
     ) -> None:
         self.max_instance_bytes = settings.max_instance_bytes
+        self.min_free_disk_bytes = settings.min_free_disk_bytes
         self.database = database
         self.spool = spool
         self.on_instance_stored = on_instance_stored
@@ -239,6 +243,9 @@ class StoreHandler:
         if known is not None:
             return self._answer_known(view, calling, sop_uid, known)
 
+        low_disk = self._low_disk(view.nbytes, incoming)
+        if low_disk is not None:
+            return self._refuse(statuses.OUT_OF_RESOURCES_LOW_DISK, calling, sop_uid, low_disk)
         try:
             spooled = self._write(view, incoming, study_uid, series_uid, sop_uid, sop_class, transfer_syntax, calling)
         except OSError as error:
@@ -287,6 +294,24 @@ class StoreHandler:
             except Exception:  # the instance is durable and committed; the answer stays Success
                 log.exception("on_instance_stored callback failed for instance %s", sop_uid)
         return statuses.SUCCESS
+
+    def _low_disk(self, size: int, incoming: IncomingFile | None) -> str | None:
+        """Why storing this instance would take free disk under the watermark, or ``None`` when it fits.
+
+        One ``statvfs`` per instance, no cache: the instance after the one that filled the disk
+        is already refused. A progressively written file's bytes are already on disk (and counted
+        as used), so then only the current free space is compared.
+        """
+        if self.min_free_disk_bytes <= 0:
+            return None
+        free = self.spool.free_bytes()
+        needed = 0 if incoming is not None else size
+        if free - needed >= self.min_free_disk_bytes:
+            return None
+        return (
+            f"free disk {free} bytes, instance {size} bytes: under the watermark of {self.min_free_disk_bytes} "
+            "bytes (CXR_NODE_MIN_FREE_DISK_BYTES); nothing of it written, a retry succeeds once disk space is freed"
+        )
 
 
     def _answer_known(self, view: memoryview, calling: str, sop_uid: str, known_path: str) -> int:

@@ -15,6 +15,13 @@ ways produce the same bytes. The handler still checks the data set in memory (py
 buffer) as before; a file that does not match the request exactly (SOP Instance UID, transfer
 syntax, length) is discarded and the handler writes from memory instead, so this is only ever
 an optimisation, never a second source of truth.
+
+Free disk: with a watermark (``min_free_bytes``, ``settings.min_free_disk_bytes``) no file is
+started while free space under the spool is below it, and free space is checked again every
+:data:`DISK_CHECK_EVERY_BYTES` written; a data set whose file takes free space under the watermark
+is dropped from disk at once (so one huge instance cannot eat the last bytes: it overshoots the
+watermark by at most that much plus one PDU). The handler then refuses the C-STORE with
+:data:`node.scp.statuses.OUT_OF_RESOURCES_LOW_DISK`.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from pynetdicom.pdu import P_DATA_TF
 
 from node.constants import PARTIAL_SUFFIX
 from node.dicom_uids import is_valid_uid
+from node.disk import free_bytes
 from node.scp.dataset_header import CorruptDatasetError, read_header
 from node.scp.limits import abort_association
 from node.spool import DIRECTORY_MODE, FILE_MODE
@@ -51,6 +59,8 @@ log = logging.getLogger(__name__)
 INCOMING_DIRNAME = ".incoming"
 #: Start an fdatasync of a file being received each time this many bytes were appended.
 FLUSH_EVERY_BYTES = 2 * 1024 * 1024
+#: Check free disk against the watermark each time a file being received grew by this many bytes.
+DISK_CHECK_EVERY_BYTES = 1024 * 1024
 
 # Command set tags (PS3.7 E.1).
 _AFFECTED_SOP_CLASS_UID = 0x00000002
@@ -90,6 +100,7 @@ class IncomingFile:
     transfer_syntax_uid: str
     data_bytes: int = 0
     unflushed: int = 0
+    unchecked: int = 0  # bytes appended since free disk was last checked
     flush: Future[None] | None = None
     closed: bool = False
 
@@ -141,19 +152,30 @@ class IncomingWriter:
     """
 
     def __init__(
-        self, spool_root: Path, *, flush_every_bytes: int = FLUSH_EVERY_BYTES, max_data_bytes: int | None = None
+        self,
+        spool_root: Path,
+        *,
+        flush_every_bytes: int = FLUSH_EVERY_BYTES,
+        max_data_bytes: int | None = None,
+        min_free_bytes: int = 0,
+        disk_check_every_bytes: int = DISK_CHECK_EVERY_BYTES,
     ) -> None:
         self.directory = spool_root / INCOMING_DIRNAME
         self.directory.mkdir(parents=True, exist_ok=True, mode=DIRECTORY_MODE)
         self.flush_every_bytes = flush_every_bytes
         #: A data set growing past this is dropped from disk and its association aborted at once.
         self.max_data_bytes = max_data_bytes
+        #: The disk watermark (0: none): no file is started, or kept growing, below it.
+        self.min_free_bytes = min_free_bytes
+        self.disk_check_every_bytes = disk_check_every_bytes
         self._states: dict[int, _AssociationState] = {}
         self._lock = threading.Lock()
         self._flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cxr-spool-flush")
         #: How many received instances were taken from disk / had to be written from memory.
         self.taken = 0
         self.missed = 0
+        #: How many files were dropped because free disk fell under the watermark as they grew.
+        self.dropped_low_disk = 0
 
     def handlers(self) -> list[tuple[Any, Any]]:
         return [
@@ -204,6 +226,9 @@ class IncomingWriter:
                 return
             if isinstance(current, IncomingFile):
                 self._append(current, memoryview(value)[1:])
+                if self._under_watermark(current):
+                    self._drop_low_disk(current)
+                    state.current = current = _SKIP
             if header & 0x02:  # last fragment of the data set
                 if isinstance(current, IncomingFile):
                     with self._lock:
@@ -239,9 +264,32 @@ class IncomingWriter:
         if not abort_association(assoc, reason):
             log.warning("%s; cannot abort this association, its data set is not written", reason)
 
+    def _under_watermark(self, incoming: IncomingFile) -> bool:
+        """Every :attr:`disk_check_every_bytes` appended: whether free disk is now under the watermark."""
+        if self.min_free_bytes <= 0 or incoming.unchecked < self.disk_check_every_bytes:
+            return False
+        incoming.unchecked = 0
+        return free_bytes(self.directory) < self.min_free_bytes
+
+    def _drop_low_disk(self, incoming: IncomingFile) -> None:
+        """Free disk fell under the watermark while ``incoming`` grew: delete it; the handler refuses the C-STORE."""
+        free = free_bytes(self.directory)
+        incoming.discard()
+        self.dropped_low_disk += 1
+        log.warning(
+            "instance %s: free disk %d bytes fell under the watermark of %d (CXR_NODE_MIN_FREE_DISK_BYTES) while its "
+            "data set arrived (%d bytes written); its file is deleted and the C-STORE will be refused",
+            incoming.sop_instance_uid,
+            free,
+            self.min_free_bytes,
+            incoming.data_bytes,
+        )
+
     def _open(self, assoc: "Association", state: _AssociationState, context_id: int) -> Any:
         if not state.command_complete:
             return _SKIP
+        if self.min_free_bytes > 0 and free_bytes(self.directory) < self.min_free_bytes:
+            return _SKIP  # nothing is written below the watermark; the handler refuses the C-STORE
         try:
             command = read_header(bytes(state.command), ImplicitVRLittleEndian, _COMMAND_TAGS)
         except CorruptDatasetError:
@@ -270,6 +318,7 @@ class IncomingWriter:
         _write_all(incoming.fd, data)
         incoming.data_bytes += len(data)
         incoming.unflushed += len(data)
+        incoming.unchecked += len(data)
         if incoming.unflushed >= self.flush_every_bytes and (incoming.flush is None or incoming.flush.done()):
             incoming.unflushed = 0
             incoming.flush = self._flusher.submit(os.fdatasync, incoming.fd)

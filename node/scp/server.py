@@ -24,7 +24,14 @@ overstay (:mod:`node.scp.limits`). Restrict who may send with ``allowed_calling_
 Settings used: ``ae_title``, ``host``, ``port``, ``require_called_aet``,
 ``allowed_calling_aets`` (empty: everyone), ``max_pdu_size`` (0: unlimited),
 ``max_associations``, ``max_instance_bytes``, ``min_free_disk_bytes``, ``dimse_timeout``,
-``network_timeout``, ``acse_timeout``, ``pdu_timeout``, ``max_connections_per_peer``, ``data_dir`` (spool under ``settings.spool_dir``).
+``network_timeout``, ``acse_timeout``, ``pdu_timeout``, ``max_connections_per_peer``, ``data_dir`` (spool under ``settings.spool_dir``),
+``database_reserve_bytes``.
+
+Free disk: ``min_free_disk_bytes`` is checked when an association is requested (rejected
+transiently), for every C-STORE before anything of the instance is written, and while a data set
+arrives (refused with :data:`node.scp.statuses.OUT_OF_RESOURCES_LOW_DISK`). The listener also has
+the database keep its disk reserve (:meth:`node.db.Database.keep_disk_reserve`), so that when the
+disk fills up anyway the failures can still be recorded.
 """
 
 from __future__ import annotations
@@ -129,7 +136,8 @@ def start_listener(
 ) -> ListenerHandle:
     """Start the listener in the background and return its handle (see the module docstring).
 
-    Creates the spool directory and removes ``.part`` files an interrupted write left behind.
+    Creates the spool directory and removes ``.part`` files an interrupted write left behind;
+    creates the database's disk reserve (a SQLite file database only).
     Raises ``OSError`` when the address cannot be bound (e.g. the port is in use).
     """
     if _config.STORE_RECV_CHUNKED_DATASET:
@@ -142,7 +150,10 @@ def start_listener(
     spool = Spool(settings.spool_dir)
     spool.ensure_root()
     spool.remove_partials()
-    incoming = IncomingWriter(spool.root, max_data_bytes=settings.max_instance_bytes)
+    database.keep_disk_reserve(settings.database_reserve_bytes)
+    incoming = IncomingWriter(
+        spool.root, max_data_bytes=settings.max_instance_bytes, min_free_bytes=settings.min_free_disk_bytes
+    )
     ae = build_application_entity(settings)
     handlers: list[tuple] = [
         *incoming.handlers(),

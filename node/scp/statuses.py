@@ -32,6 +32,11 @@ OUT_OF_RESOURCES_DATABASE = 0xA702
 #: A deflated data set (PS3.5 A.5) inflates to more than ``settings.max_instance_bytes``;
 #: inflation stops at the limit (a deflate bomb is never inflated whole).
 OUT_OF_RESOURCES_INFLATED_TOO_LARGE = 0xA703
+#: Storing the instance would leave less free disk under the spool than
+#: ``settings.min_free_disk_bytes``, checked for every instance before anything of it is written
+#: (and while its data set arrives, :mod:`node.scp.incoming`). Transient: the sender retries
+#: once space is freed; the association stays usable (C-ECHO, later C-STOREs).
+OUT_OF_RESOURCES_LOW_DISK = 0xA704
 
 # --- C-STORE: Error, Data Set Does Not Match SOP Class (PS3.4 B.2.3: A9xx) -----------------
 #: No Pixel Data (7FE0,0010): it is Type 1 in the Image Pixel Module of every image IOD we
@@ -76,6 +81,7 @@ STATUS_NAMES: dict[int, str] = {
     OUT_OF_RESOURCES_SPOOL_WRITE: "Refused: Out of Resources (spool write failed)",
     OUT_OF_RESOURCES_DATABASE: "Refused: Out of Resources (database unavailable)",
     OUT_OF_RESOURCES_INFLATED_TOO_LARGE: "Refused: Out of Resources (deflated data set inflates over the size limit)",
+    OUT_OF_RESOURCES_LOW_DISK: "Refused: Out of Resources (free disk under the watermark)",
     DATASET_WITHOUT_PIXEL_DATA: "Error: Data Set Does Not Match SOP Class (no Pixel Data)",
     DATASET_SOP_CLASS_MISMATCH: "Error: Data Set Does Not Match SOP Class (SOP Class UID differs)",
     CANNOT_UNDERSTAND_CORRUPT: "Error: Cannot Understand (truncated or corrupt data set)",
