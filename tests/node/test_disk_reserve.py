@@ -14,6 +14,7 @@ from pydicom.dataset import Dataset
 from sqlalchemy import select, text
 from sqlalchemy.exc import OperationalError
 
+from node.completion import reprocess_study
 from node.constants import JobState, StudyState
 from node.db import Database, Job, Study
 from node.disk import DiskReserve, free_bytes, is_disk_full_error
@@ -182,5 +183,17 @@ def test_a_job_whose_disk_fills_up_is_recorded_failed_thanks_to_the_reserve(tmp_
             with service.database.session():
                 pass  # any later transaction restores the reserve
             assert reserve.held
+
+            # Not the study's fault: once space is freed, processing it again succeeds.
+            service.dispatcher.context.builders = DEFAULT_BUILDERS
+            reprocess_study(service.database, study.study_instance_uid)
+
+            def new_job_state() -> str | None:
+                with service.database.session() as session:
+                    state = session.scalar(select(Job.state).order_by(Job.id.desc()).limit(1).where(Job.id != job.id))
+                return None if state in (None, JobState.QUEUED, JobState.RUNNING) else state
+
+            assert wait_for(new_job_state, "the second job's outcome", timeout=90) is JobState.DONE
+            assert [p for p in settings.output_dir.rglob("*.dcm") if p.is_file()]
         finally:
             service.stop()
