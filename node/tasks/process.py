@@ -390,7 +390,7 @@ def _run_claimed(claim: ClaimedJob, context: TaskContext) -> dict[str, Any] | No
         except DATABASE_AWAY as exc:
             log.warning("job %d (study %s): the database went away (%s)", job_id, claim.study_instance_uid, type(exc).__name__)
             if release_when_possible(context, claim, f"the database went away ({type(exc).__name__})"):
-                _wake_again(context, job_id)
+                _wake_again(context, job_id, wake_again_seconds(claim.attempt))
             return {"job_id": job_id, "state": "released", "error": f"database unavailable: {type(exc).__name__}"}
         except Exception as exc:
             log.exception("job %d (study %s) failed", job_id, claim.study_instance_uid)
@@ -402,9 +402,18 @@ def _run_claimed(claim: ClaimedJob, context: TaskContext) -> dict[str, Any] | No
     return {"summary": summary, "delivery_ids": delivery_ids}
 
 
-#: Seconds :func:`release_when_possible` keeps trying, and the delay of the wake-up sent after.
+#: Seconds :func:`release_when_possible` keeps trying.
 RELEASE_PATIENCE_SECONDS = 60.0
-WAKE_AGAIN_SECONDS = 2.0
+#: The wake-up after a release comes after 2, 4, 8 ... seconds (by attempt), at most this long.
+WAKE_AGAIN_MAX_SECONDS = 300.0
+
+
+def wake_again_seconds(attempt: int) -> float:
+    """Delay of the wake-up after the ``attempt``-th attempt was released: doubling, capped.
+
+    A database that stays unwritable (a full disk) must not turn into a loop of attempts.
+    """
+    return min(2.0 ** max(attempt, 1), WAKE_AGAIN_MAX_SECONDS)
 
 
 def release_when_possible(context: TaskContext, claim: ClaimedJob, reason: str) -> bool:
@@ -427,8 +436,8 @@ def release_when_possible(context: TaskContext, claim: ClaimedJob, reason: str) 
             delay = min(delay * 2, 5.0)
 
 
-def _wake_again(context: TaskContext, job_id: int) -> None:
+def _wake_again(context: TaskContext, job_id: int, countdown: float) -> None:
     try:
-        context.dispatcher.enqueue(TASK_PROCESS_STUDY, job_id, countdown=WAKE_AGAIN_SECONDS)
+        context.dispatcher.enqueue(TASK_PROCESS_STUDY, job_id, countdown=countdown)
     except Exception as exc:  # broker away or node stopping: the job is queued in the database for the sweeps
         log.warning("job %d: wake-up not sent again (%s); the sweep wakes it", job_id, type(exc).__name__)
