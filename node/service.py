@@ -98,7 +98,7 @@ class NodeService:
         self.scanner.start()
         from node.delivery.sweep import DeliverySweeper
 
-        self.delivery_sweeper = DeliverySweeper(self.database, dispatcher)
+        self.delivery_sweeper = DeliverySweeper(self.database, dispatcher, settings=settings, senders=context.senders)
         self.delivery_sweeper.start()
         if self.with_listener:
             from node.scp.server import start_listener

@@ -10,7 +10,7 @@ from typing import Any
 
 import enum
 
-from sqlalchemy import JSON, BigInteger, DateTime, Enum, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Enum, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from node.constants import DeliveryState, JobState, StudyState
@@ -229,6 +229,14 @@ class Delivery(Base):
     state: Mapped[DeliveryState] = mapped_column(DELIVERY_STATE, index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[dt.datetime | None] = mapped_column(default=None, index=True)
+    #: Lease of the worker sending it now, renewed by its heartbeat; None when nobody sends it.
+    claimed_until: Mapped[dt.datetime | None] = mapped_column(default=None)
+    #: Who holds the lease (one random token per ``deliver`` run); None when nobody does.
+    claim_token: Mapped[str | None] = mapped_column(String(32), default=None)
+    #: The last attempt found the destination unreachable: a sign of life from it makes this due at once.
+    waiting_for_destination: Mapped[bool] = mapped_column(Boolean, default=False)
+    #: Made due before its backoff ended because its destination answered again (None otherwise).
+    woken_early_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     #: DIMSE status of the last answer (None when no answer came: refused, timed out, aborted)
     last_status: Mapped[int | None] = mapped_column(Integer, default=None)
     last_error: Mapped[str | None] = mapped_column(Text, default=None)

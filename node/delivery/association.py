@@ -1,4 +1,4 @@
-"""The one place the node opens an outgoing DICOM association (delivery, ``cxr-node echo``, the demo).
+"""The one place the node opens an outgoing DICOM association (delivery, probes, ``cxr-node echo``, the demo).
 
 Every outgoing association proposes exactly the presentation contexts it will use (PS3.8
 7.1.1.13) with the node's timeouts, so a PACS that refuses associations proposing every SOP
@@ -8,11 +8,13 @@ class still accepts the node's.
 from __future__ import annotations
 
 import logging
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pynetdicom import AE
+from pynetdicom import AE, DEFAULT_TRANSFER_SYNTAXES
 from pynetdicom.association import Association
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from node.settings import RemoteNode, Settings
 
@@ -39,6 +41,7 @@ def open_association(
     calling_aet: str,
     timeouts: AssociationTimeouts = AssociationTimeouts(),
     max_pdu: int = 0,
+    log_level: int = logging.INFO,
 ) -> Association:
     """Request an association with ``remote`` proposing ``contexts``; return it, established or not.
 
@@ -52,6 +55,8 @@ def open_association(
         The node's own AE title as the peer will see it.
     timeouts, max_pdu:
         ACSE, DIMSE and network timeouts; the maximum PDU length the node receives (0: no limit).
+    log_level:
+        Level of the "associating" line (probes, repeated every few seconds, log it at DEBUG).
 
     The caller checks ``is_established`` (a refused connection, an A-ASSOCIATE-RJ or a timeout
     give an association that is not) and releases it when done.
@@ -64,5 +69,35 @@ def open_association(
     ae.network_timeout = timeouts.network
     for abstract_syntax, transfer_syntaxes in contexts:
         ae.add_requested_context(abstract_syntax, list(transfer_syntaxes))
-    log.info("associating %s -> %s with %d context(s)", calling_aet, remote, len(contexts))
+    log.log(log_level, "associating %s -> %s with %d context(s)", calling_aet, remote, len(contexts))
     return ae.associate(remote.host, remote.port, ae_title=remote.ae_title, max_pdu=max_pdu)
+
+
+def echo(remote: RemoteNode, *, calling_aet: str, timeouts: AssociationTimeouts = AssociationTimeouts()) -> bool:
+    """C-ECHO ``remote``; True when it answered Success. Never raises for network trouble.
+
+    A plain TCP connection is tried first: a peer that is down then costs no association,
+    and a probe repeated every few seconds writes no pynetdicom error lines.
+    """
+    try:
+        with socket.create_connection((remote.host, remote.port), timeout=timeouts.acse):
+            pass
+    except OSError as exc:
+        log.debug("C-ECHO %s: no connection (%s)", remote, exc)
+        return False
+    assoc = open_association(
+        remote,
+        [(Verification, DEFAULT_TRANSFER_SYNTAXES)],
+        calling_aet=calling_aet,
+        timeouts=timeouts,
+        log_level=logging.DEBUG,
+    )
+    if not assoc.is_established:
+        log.debug("C-ECHO %s: association not established", remote)
+        return False
+    try:
+        answer = assoc.send_c_echo()
+        return getattr(answer, "Status", None) == 0x0000
+    finally:
+        if assoc.is_established:
+            assoc.release()

@@ -33,12 +33,15 @@ class StoreOutcome:
 
     ``status`` is the DIMSE status (``None`` when no answer came: connection refused,
     association rejected or aborted, timeout); ``error`` says what went wrong, ``None`` when
-    the object was stored.
+    the object was stored. ``unreachable`` is true when the destination itself did not answer
+    (no connection, no association), so the object is not to blame and the delivery can go as
+    soon as the destination answers again.
     """
 
     sop_instance_uid: str
     status: int | None
     error: str | None = None
+    unreachable: bool = False
 
     @property
     def stored(self) -> bool:

@@ -3,6 +3,12 @@
 After the n-th failed attempt (n = 1, 2, ...) the next one waits
 ``min(base * 2 ** (n - 1), ceiling)`` seconds; after ``max_attempts`` failed attempts the
 delivery is given up (marked failed with the reason of the last attempt).
+
+Deliveries waiting because their destination did not answer are sent before their delay ends
+when it answers again (:mod:`node.delivery.probe`); such an early attempt that finds the
+destination down once more does not count as a failed attempt here and leaves the schedule as
+it was (:func:`node.delivery.records.record_outcomes`), so an outage never uses up attempts
+faster than this schedule.
 """
 
 from __future__ import annotations

@@ -75,7 +75,8 @@ def send_files(
     if not assoc.is_established:
         reason = association_failure(assoc, destination)
         log.warning("delivery to %s failed: %s", destination, reason)
-        return [StoreOutcome(item.sop_instance_uid, None, reason) for item in items]
+        unreachable = not accepted_no_context(assoc)
+        return [StoreOutcome(item.sop_instance_uid, None, reason, unreachable=unreachable) for item in items]
 
     accepted = {(cx.abstract_syntax, cx.transfer_syntax[0]) for cx in assoc.accepted_contexts}
     outcomes: list[StoreOutcome] = []
@@ -119,6 +120,16 @@ def _store_one(assoc, item: StoreItem, accepted: set[tuple[str, str]], destinati
     return StoreOutcome(item.sop_instance_uid, status, f"{destination} answered C-STORE status 0x{status:04X}{detail}")
 
 
+def accepted_no_context(assoc) -> bool:  # type: ignore[no-untyped-def]
+    """True when the peer answered the association request but accepted none of its contexts.
+
+    The one association failure that is about what was proposed rather than about the peer
+    being unreachable (refused, rejected, no answer).
+    """
+    primitive = getattr(assoc.acceptor, "primitive", None)
+    return not assoc.is_rejected and primitive is not None and getattr(primitive, "result", None) == 0x00
+
+
 def association_failure(assoc, destination: RemoteNode) -> str:  # type: ignore[no-untyped-def]
     """Why an association with ``destination`` was not established, in words (result, source, reason)."""
     primitive = getattr(assoc.acceptor, "primitive", None)
@@ -127,7 +138,7 @@ def association_failure(assoc, destination: RemoteNode) -> str:  # type: ignore[
             f"{destination} rejected the association ({primitive.result_str}, source: {primitive.source_str}, "
             f"reason: {primitive.reason_str})"
         )
-    if primitive is not None and getattr(primitive, "result", None) == 0x00:
+    if accepted_no_context(assoc):
         return f"{destination} accepted none of the proposed presentation contexts"
     if assoc.is_aborted and primitive is not None:
         return f"{destination} aborted the association"

@@ -3,7 +3,8 @@
 A destination is written ``[scheme://]AET@host:port`` (:class:`node.settings.RemoteNode`);
 delivery asks :func:`sender_for` for the sender of its scheme and hands it the files, never
 knowing which protocol it speaks. A new protocol is one :class:`Sender` subclass and one
-entry in :data:`DEFAULT_SENDERS`.
+entry in :data:`DEFAULT_SENDERS`; :meth:`Sender.probe` is optional (without it, deliveries
+to a destination that was down wait out their backoff instead of going when it is back).
 """
 
 from __future__ import annotations
@@ -12,10 +13,14 @@ import abc
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
-from node.delivery.association import AssociationTimeouts
+from node.delivery.association import AssociationTimeouts, echo
 from node.delivery.items import StoreItem, StoreOutcome
 from node.delivery.scu import send_files
 from node.settings import DICOM_SCHEME, RemoteNode, Settings
+
+
+#: A probe gives up on a destination that has not answered within this many seconds per step.
+PROBE_TIMEOUT_SECONDS = 5.0
 
 
 class Sender(abc.ABC):
@@ -27,6 +32,14 @@ class Sender(abc.ABC):
     @abc.abstractmethod
     def send(self, destination: RemoteNode, items: Sequence[StoreItem], settings: Settings) -> list[StoreOutcome]:
         """Send ``items`` to ``destination``; return one :class:`StoreOutcome` per item, same order."""
+
+    def probe(self, destination: RemoteNode, settings: Settings) -> bool | None:
+        """Does ``destination`` answer now? True or False; None when this protocol cannot tell.
+
+        Asked every few seconds while deliveries wait for a destination that did not answer;
+        must be cheap, quiet and bounded in time, and never raise for network trouble.
+        """
+        return None
 
 
 class DicomStoreSender(Sender):
@@ -41,6 +54,19 @@ class DicomStoreSender(Sender):
             calling_aet=settings.ae_title,
             timeouts=AssociationTimeouts.from_settings(settings),
             max_pdu=settings.max_pdu_size,
+        )
+
+    def probe(self, destination: RemoteNode, settings: Settings) -> bool | None:
+        """C-ECHO the destination, waiting at most :data:`PROBE_TIMEOUT_SECONDS` for each step."""
+        timeouts = AssociationTimeouts.from_settings(settings)
+        return echo(
+            destination,
+            calling_aet=settings.ae_title,
+            timeouts=AssociationTimeouts(
+                acse=min(timeouts.acse, PROBE_TIMEOUT_SECONDS),
+                dimse=min(timeouts.dimse, PROBE_TIMEOUT_SECONDS),
+                network=min(timeouts.network, PROBE_TIMEOUT_SECONDS),
+            ),
         )
 
 

@@ -1,11 +1,15 @@
 """The ``deliver`` task (queue ``delivery``), the sweeps that wake it, and ``resend``.
 
 One wake-up carries the ids of pending deliveries to one destination. The task claims the
-due ones (:func:`node.delivery.records.claim_due`), sends their files in one association
-(:func:`node.delivery.scu.send_files`), records an attempt per delivery, and for those that
-failed and have attempts left schedules one more wake-up after the backoff delay. A wake-up
-lost to a restart is found again by :func:`requeue_pending_deliveries` (at start-up) and by
-:func:`sweep_overdue` (periodically), because the database holds ``next_attempt_at``.
+due ones for a short lease (:func:`node.delivery.records.claim_due`), renews that lease while
+it sends their files in one association (:class:`node.delivery.lease.LeaseHeartbeat`,
+:func:`node.delivery.scu.send_files`), records an attempt per delivery, and for those that
+failed and have attempts left schedules one more wake-up after the backoff delay. When a
+send to a destination succeeds, every delivery backing off because that destination did not
+answer is made due and woken at once. A wake-up lost to a restart or a broker outage, and a
+claim left by a worker that died, are found again by :func:`requeue_pending_deliveries` (at
+start-up) and by :func:`sweep_overdue` (every few seconds), because the database holds
+``next_attempt_at`` and the lease.
 """
 
 from __future__ import annotations
@@ -18,16 +22,18 @@ from sqlalchemy import select
 
 from node.constants import TASK_DELIVER, DeliveryState
 from node.db import Database
-from node.db.schema import Delivery, Job, OutputObject, Study, utcnow
+from node.db.schema import Delivery, Job, OutputObject, Study, as_utc, utcnow
 from node.delivery.destinations import destinations_for
+from node.delivery.lease import LeaseHeartbeat
 from node.delivery.policy import RetryPolicy
-from node.db.schema import as_utc
 from node.delivery.records import (
     claim_due,
     create_deliveries,
+    new_claim_token,
     pending_by_destination,
     record_outcomes,
     reset_for_resend,
+    wake_waiting,
 )
 from node.delivery.senders import DEFAULT_SENDERS, Sender, sender_for
 from node.lifecycle import STUDY, StudyEvent
@@ -35,14 +41,6 @@ from node.settings import RemoteNode, Settings
 from node.tasks.context import TaskContext
 
 log = logging.getLogger(__name__)
-
-#: A pending delivery overdue by this much has lost its wake-up; the periodic sweep re-sends it.
-OVERDUE_GRACE_SECONDS = 30.0
-
-
-def lease_seconds(settings: Settings, object_count: int) -> float:
-    """How long a claim holds: the association set-up plus one DIMSE exchange per object, and slack."""
-    return settings.acse_timeout + settings.network_timeout + settings.dimse_timeout * (object_count + 1)
 
 
 def deliver(delivery_ids: list[int], *, context: TaskContext) -> dict[str, object]:
@@ -71,40 +69,55 @@ def deliver_now(
     node's sweeps.
     """
     policy = RetryPolicy.from_settings(settings)
-    claimed = claim_due(
-        database, delivery_ids, lease_seconds=lease_seconds(settings, len(delivery_ids)), output_dir=settings.output_dir
-    )
+    token = new_claim_token()
+    lease = settings.delivery_lease_seconds
+    claimed = claim_due(database, delivery_ids, lease_seconds=lease, output_dir=settings.output_dir, token=token)
+    if not claimed:  # a duplicate or early wake-up, or someone else is sending them
+        return {"claimed": 0, "states": {}}
     counts: dict[str, int] = {}
     retries: dict[str, list[tuple[int, float]]] = {}
+    woken: dict[str, list[int]] = {}
     by_destination: dict[str, list] = {}
     for claim in claimed:
         by_destination.setdefault(claim.destination, []).append(claim)
-    for destination, claims in by_destination.items():
-        started = utcnow()
-        remote = RemoteNode.parse(destination)
-        outcomes = sender_for(remote, senders).send(remote, [c.item for c in claims], settings)
-        recorded = record_outcomes(database, claims, outcomes, policy=policy, started_at=started)
-        for outcome, entry in zip(outcomes, recorded):
-            counts[entry.state] = counts.get(entry.state, 0) + 1
-            if entry.retry_in_seconds is not None:
-                retries.setdefault(destination, []).append((entry.delivery_id, entry.retry_in_seconds))
-            log.info(
-                "delivery %d of %s to %s: %s%s",
-                entry.delivery_id,
-                outcome.sop_instance_uid,
-                destination,
-                entry.state,
-                f" (retry in {entry.retry_in_seconds:g} s: {outcome.error})" if entry.retry_in_seconds else "",
-            )
+    with LeaseHeartbeat(database, token, lease):
+        for destination, claims in by_destination.items():
+            started = utcnow()
+            remote = RemoteNode.parse(destination)
+            outcomes = sender_for(remote, senders).send(remote, [c.item for c in claims], settings)
+            recorded = record_outcomes(database, claims, outcomes, policy=policy, started_at=started)
+            for outcome, entry in zip(outcomes, recorded):
+                counts[entry.state] = counts.get(entry.state, 0) + 1
+                if entry.retry_in_seconds is not None:
+                    retries.setdefault(destination, []).append((entry.delivery_id, entry.retry_in_seconds))
+                log.info(
+                    "delivery %d of %s to %s: %s%s",
+                    entry.delivery_id,
+                    outcome.sop_instance_uid,
+                    destination,
+                    entry.state,
+                    f" (retry in {entry.retry_in_seconds:g} s: {outcome.error})" if entry.retry_in_seconds else "",
+                )
+            if any(outcome.stored for outcome in outcomes):
+                waiting = wake_waiting(database, destination)
+                if waiting:
+                    log.info("%s answers again: waking %d delivery(ies) that waited for it", destination, len(waiting))
+                    woken[destination] = waiting
     if dispatcher is not None:
+        for destination, ids in woken.items():
+            send_wakeup(dispatcher, destination, ids, countdown=0.0)
         for destination, waiting in retries.items():
-            delay = max(seconds for _, seconds in waiting)
-            try:
-                dispatcher.enqueue(TASK_DELIVER, [i for i, _ in waiting], countdown=delay)  # type: ignore[attr-defined]
-            except RuntimeError:  # the node is stopping: next_attempt_at is in the database for the sweeps
-                log.info("retry wake-up for %s not scheduled: the dispatcher is shut down", destination)
+            send_wakeup(dispatcher, destination, [i for i, _ in waiting], countdown=max(seconds for _, seconds in waiting))
     update_study_delivery_states(database, [c.delivery_id for c in claimed])
     return {"claimed": len(claimed), "states": counts}
+
+
+def send_wakeup(dispatcher: object, destination: str, ids: list[int], *, countdown: float) -> None:
+    """One ``deliver`` wake-up for ``ids``; when it cannot be sent the rows stay in the database for the sweeps."""
+    try:
+        dispatcher.enqueue(TASK_DELIVER, ids, countdown=countdown)  # type: ignore[attr-defined]
+    except Exception as exc:  # the node is stopping, or the broker is down
+        log.warning("wake-up of %d delivery(ies) to %s not sent (%s); the delivery sweep will send them", len(ids), destination, exc)
 
 
 def enqueue_deliveries(dispatcher: object, delivery_ids_by_destination: dict[str, list[int]]) -> int:
@@ -155,8 +168,8 @@ def requeue_pending_deliveries(context: TaskContext) -> dict[str, int]:
     return {"pending": len(rows), "wakeups": len(wakeups)}
 
 
-def sweep_overdue(database: Database, dispatcher: object, *, grace_seconds: float = OVERDUE_GRACE_SECONDS) -> int:
-    """Wake pending deliveries overdue by ``grace_seconds`` (lost wake-up or expired claim)."""
+def sweep_overdue(database: Database, dispatcher: object, *, grace_seconds: float) -> int:
+    """Wake pending deliveries overdue by ``grace_seconds`` (lost wake-up, broker outage, expired lease)."""
     grouped = pending_by_destination(database, overdue_seconds=grace_seconds)
     if grouped:
         log.info("delivery sweep: waking %d overdue deliveries", sum(len(v) for v in grouped.values()))
