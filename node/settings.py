@@ -132,7 +132,9 @@ class Settings(BaseSettings):
         512 * 1024 * 1024, ge=1024, description="Largest instance accepted; larger ones get 0xA700."
     )
     min_free_disk_bytes: int = Field(
-        1024 * 1024 * 1024, ge=0, description="Refuse new associations when free disk falls below this."
+        1024 * 1024 * 1024,
+        ge=0,
+        description="Refuse new associations, and each C-STORE, when free disk would fall below this; 0 disables.",
     )
     dimse_timeout: float = Field(60.0, gt=0)
     network_timeout: float = Field(60.0, gt=0)
@@ -147,6 +149,11 @@ class Settings(BaseSettings):
     # --- storage and database ----------------------------------------------------------
     data_dir: Path = Field(Path("./var"), description="Spool, outputs, SQLite database, trained models.")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in the data directory.")
+    database_reserve_bytes: int = Field(
+        16 * 1024 * 1024,
+        ge=0,
+        description="Disk kept free next to a SQLite database, released when the disk is full so failures are recorded.",
+    )
 
     # --- study completion --------------------------------------------------------------
     stable_seconds: float = Field(10.0, ge=0, description="Quiet period after which a study is complete.")
