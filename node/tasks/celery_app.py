@@ -91,6 +91,8 @@ class _LazyContext:
                 from node.tasks.dispatch import CeleryDispatcher
 
                 database = Database(self.settings.resolved_database_url)
+                # A SQLite database on this disk keeps room to record failures (node.disk.DiskReserve).
+                database.keep_disk_reserve(self.settings.database_reserve_bytes)
                 self._context = TaskContext(self.settings, database, CeleryDispatcher(self.app, tasks=self.tasks))
             return self._context
 

@@ -72,12 +72,13 @@ class Node:
 
 
 def start_node(data_dir: Path, **overrides: Any) -> Node:
-    """Start a listener on 127.0.0.1 with fast timeouts, no disk watermark, and ``overrides``."""
+    """Start a listener on 127.0.0.1 with fast timeouts, no disk watermark nor database reserve, and ``overrides``."""
     values: dict[str, Any] = {
         "data_dir": data_dir,
         "host": "127.0.0.1",
         "port": free_port(),
         "min_free_disk_bytes": 0,
+        "database_reserve_bytes": 0,
         "dimse_timeout": 20.0,
         "network_timeout": 20.0,
         "acse_timeout": 20.0,
