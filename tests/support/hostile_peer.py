@@ -41,21 +41,40 @@ def associate_rq(
     called_aet: str = "CXRNODE",
     calling_aet: str = "HOSTILE",
     max_pdu: int = 16384,
+    protocol_version: int = 1,
+    application_context: str = APPLICATION_CONTEXT,
+    context_ids: Sequence[int] | None = None,
+    user_information: bytes | None = None,
 ) -> bytes:
     """An A-ASSOCIATE-RQ PDU (PS3.8 9.3.2) proposing ``(abstract syntax, [transfer syntaxes])``.
 
     AE titles are written as given (latin-1, padded or cut to 16 bytes), control characters included.
+    The other keywords put wrong values in the fields a sane requestor never gets wrong: the
+    protocol version, the application context name, the presentation context IDs (odd numbers
+    1, 3, 5, ... by default; PS3.8 9.3.2.2) and the whole User Information item value
+    (default: Maximum Length ``max_pdu`` and an Implementation Class UID).
     """
-    body = struct.pack(">HH", 1, 0)
+    body = struct.pack(">HH", protocol_version, 0)
     body += aet_field(called_aet) + aet_field(calling_aet) + b"\x00" * 32
-    body += _item(0x10, _uid_bytes(APPLICATION_CONTEXT))
+    body += _item(0x10, _uid_bytes(application_context))
     for index, (abstract, syntaxes) in enumerate(contexts):
-        value = struct.pack(">BBBB", 2 * index + 1, 0, 0, 0) + _item(0x30, _uid_bytes(abstract))
+        context_id = context_ids[index] if context_ids is not None else 2 * index + 1
+        value = struct.pack(">BBBB", context_id, 0, 0, 0) + _item(0x30, _uid_bytes(abstract))
         value += b"".join(_item(0x40, _uid_bytes(ts)) for ts in syntaxes)
         body += _item(0x20, value)
-    user = _item(0x51, struct.pack(">L", max_pdu)) + _item(0x52, _uid_bytes("1.2.826.0.1.3680043.9.7433.1"))
-    body += _item(0x50, user)
+    if user_information is None:
+        user_information = _item(0x51, struct.pack(">L", max_pdu)) + _item(0x52, _uid_bytes("1.2.826.0.1.3680043.9.7433.1"))
+    body += _item(0x50, user_information)
     return struct.pack(">BBL", 0x01, 0, len(body)) + body
+
+
+def pdu(pdu_type: int, body: bytes) -> bytes:
+    """Any PDU: the 6-byte header (PS3.8 9.3.1: type, reserved, length) and ``body``."""
+    return struct.pack(">BBL", pdu_type, 0, len(body)) + body
+
+
+#: A-RELEASE-RQ (PS3.8 9.3.6): type 5, length 4, four reserved bytes.
+RELEASE_RQ = struct.pack(">BBLL", 0x05, 0, 4, 0)
 
 
 def aet_field(aet: str) -> bytes:
@@ -75,14 +94,18 @@ def _element(group: int, element: int, value: bytes) -> bytes:
     return struct.pack("<HHL", group, element, len(value)) + value
 
 
-def c_store_rq(sop_class_uid: str, sop_instance_uid: str, message_id: int = 1) -> bytes:
-    """A C-STORE-RQ command set (PS3.7 9.3.1.1) in Implicit VR Little Endian, with its group length."""
+def c_store_rq(sop_class_uid: str, sop_instance_uid: str, message_id: int = 1, *, data_set_type: int = 0x0000) -> bytes:
+    """A C-STORE-RQ command set (PS3.7 9.3.1.1) in Implicit VR Little Endian, with its group length.
+
+    ``data_set_type`` is Command Data Set Type (0000,0800): 0x0000 says a data set follows,
+    0x0101 (PS3.7 E.1) that none does.
+    """
     elements = (
         _element(0x0000, 0x0002, _uid_bytes(sop_class_uid))
         + _element(0x0000, 0x0100, struct.pack("<H", 0x0001))
         + _element(0x0000, 0x0110, struct.pack("<H", message_id))
         + _element(0x0000, 0x0700, struct.pack("<H", 0))
-        + _element(0x0000, 0x0800, struct.pack("<H", 0x0000))
+        + _element(0x0000, 0x0800, struct.pack("<H", data_set_type))
         + _element(0x0000, 0x1000, _uid_bytes(sop_instance_uid))
     )
     return _element(0x0000, 0x0000, struct.pack("<L", len(elements))) + elements
@@ -235,15 +258,116 @@ class RawAssociation:
     def release(self) -> None:
         """A-RELEASE-RQ, wait for the answer, close."""
         try:
-            self.sock.sendall(struct.pack(">BBLL", 0x05, 0, 4, 0))
+            self.sock.sendall(RELEASE_RQ)
             read_pdu(self.sock, 10)
         finally:
             self.sock.close()
 
 
+def _status_kib(pid: int, field_name: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field_name}:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"/proc/{pid}/status has no {field_name} line")
+
+
 def peak_rss_bytes(pid: int) -> int:
     """The process's peak resident set size (``VmHWM`` in ``/proc/<pid>/status``), in bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"/proc/{pid}/status has no VmHWM line")
+    return _status_kib(pid, "VmHWM")
+
+
+def rss_bytes(pid: int) -> int:
+    """The process's resident set size now (``VmRSS``), in bytes."""
+    return _status_kib(pid, "VmRSS")
+
+
+def reset_peak_rss(pid: int) -> int:
+    """Reset the process's ``VmHWM`` to its current RSS (``5`` into ``/proc/<pid>/clear_refs``); return that RSS.
+
+    Lets a test measure the peak of one phase (an attack) apart from an earlier one (model loading).
+    Needs the right to write the file: the process's owner or root.
+    """
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+    return peak_rss_bytes(pid)
+
+
+# --- reading what the listener answered ----------------------------------------------------
+@dataclass(frozen=True)
+class Answer:
+    """What the listener did next, as a test compares it.
+
+    ``kind`` is one of ``"status"`` (a DIMSE response; ``values`` = (Status,)), ``"accepted"``
+    (A-ASSOCIATE-AC; ``values`` = the presentation context results, PS3.8 Table 9-18, in
+    context ID order), ``"rejected"`` (A-ASSOCIATE-RJ; (result, source, reason), PS3.8 Table 9-21),
+    ``"aborted"`` (A-ABORT; (source, reason), PS3.8 Table 9-26), ``"released"`` (A-RELEASE-RP),
+    ``"pdu"`` (any other PDU; (type,)), ``"closed"`` (the connection ended without a PDU) or
+    ``"open"`` (nothing happened within the wait). ``seconds`` is how long it took.
+    """
+
+    kind: str
+    values: tuple[int, ...] = ()
+    seconds: float = 0.0
+
+    def __str__(self) -> str:
+        shown = ", ".join(f"0x{v:04X}" if self.kind == "status" else str(v) for v in self.values)
+        return f"{self.kind}({shown}) after {self.seconds:.2f} s"
+
+
+def _context_results(body: bytes) -> tuple[int, ...]:
+    results = []
+    position = 68  # protocol version, reserved, AE titles, reserved (PS3.8 9.3.3)
+    while position + 4 <= len(body):
+        item_type, _r, length = struct.unpack_from(">BBH", body, position)
+        if item_type == 0x21 and position + 7 <= len(body):
+            results.append((body[position + 4], body[position + 6]))  # context ID, result
+        position += 4 + length
+    return tuple(result for _id, result in sorted(results))
+
+
+def answer_of(pdu_read: tuple[int, bytes] | None, started: float) -> Answer:
+    """The :class:`Answer` for a PDU read by :func:`read_pdu` (``None``: closed)."""
+    took = time.monotonic() - started
+    if pdu_read is None:
+        return Answer("closed", (), took)
+    pdu_type, body = pdu_read
+    if pdu_type == 0x02:
+        return Answer("accepted", _context_results(body), took)
+    if pdu_type == 0x03 and len(body) >= 4:
+        return Answer("rejected", (body[1], body[2], body[3]), took)
+    if pdu_type == 0x07 and len(body) >= 4:
+        return Answer("aborted", (body[2], body[3]), took)
+    if pdu_type == 0x06:
+        return Answer("released", (), took)
+    return Answer("pdu", (pdu_type,), took)
+
+
+def next_answer(sock: socket.socket, timeout: float) -> Answer:
+    """Wait up to ``timeout`` s for the listener's next PDU (or close) and say what it was.
+
+    A P-DATA-TF is read to the end of its message: a complete DIMSE command gives its Status.
+    """
+    started = time.monotonic()
+    command = b""
+    while True:
+        remaining = timeout - (time.monotonic() - started)
+        if remaining <= 0:
+            return Answer("open", (), time.monotonic() - started)
+        try:
+            read = read_pdu(sock, remaining)
+        except TimeoutError:
+            return Answer("open", (), time.monotonic() - started)
+        except OSError:
+            read = None
+        if read is None or read[0] != 0x04:
+            return answer_of(read, started)
+        body = read[1]
+        position = 0
+        while position + 6 <= len(body):
+            length = struct.unpack_from(">L", body, position)[0]
+            header = body[position + 5]
+            if header & COMMAND:
+                command += body[position + 6 : position + 4 + length]
+                if header & 0x02:
+                    status = _command_status(command)
+                    return Answer("status", () if status is None else (status,), time.monotonic() - started)
+            position += 4 + length
