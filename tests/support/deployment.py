@@ -86,6 +86,21 @@ class StudyTimes:
     delivered_at: dt.datetime | None  #: the last output delivered (None until all are)
 
 
+def output_mismatch(sop_classes: Iterable[str], expected: dict[str, int]) -> str | None:
+    """How a study's stored SOP classes differ from ``expected`` counts (SEG, SR), or None when they match.
+
+    Other SOP classes (the study's own images, when the PACS holds them) are not counted.
+    """
+    counts = Counter(sop_classes)
+    got = {sop_class: counts.get(sop_class, 0) for sop_class in expected}
+    if got == expected:
+        return None
+    return (
+        f"SEG {got.get(SEGMENTATION, 0)}, SR {got.get(COMPREHENSIVE_3D_SR, 0)} "
+        f"(expected {expected.get(SEGMENTATION, 0)} and {expected.get(COMPREHENSIVE_3D_SR, 0)})"
+    )
+
+
 class Deployment:
     """The node and its servers as separate processes; a context manager (see the module docstring).
 
@@ -424,13 +439,11 @@ class Deployment:
         problems: dict[str, str] = {}
         for uid in study_uids:
             try:
-                counts = Counter(sop_class for _, sop_class in self.pacs_sop_classes(uid))
+                problem = output_mismatch([sop_class for _, sop_class in self.pacs_sop_classes(uid)], expected)
             except (OSError, OrthancError) as exc:
-                problems[uid] = f"Orthanc did not answer: {exc}"
-                continue
-            got = {sop_class: counts.get(sop_class, 0) for sop_class in expected}
-            if got != expected:
-                problems[uid] = f"SEG {got[SEGMENTATION]}, SR {got[COMPREHENSIVE_3D_SR]} (expected {expected[SEGMENTATION]} and {expected[COMPREHENSIVE_3D_SR]})"
+                problem = f"Orthanc did not answer: {exc}"
+            if problem:
+                problems[uid] = problem
         return problems
 
     # --- Redis --------------------------------------------------------------------------------------
