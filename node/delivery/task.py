@@ -26,7 +26,9 @@ from node.db.schema import Delivery, Job, OutputObject, Study, as_utc, utcnow
 from node.delivery.destinations import destinations_for
 from node.delivery.lease import LeaseHeartbeat
 from node.delivery.policy import RetryPolicy
+from node.delivery.items import StoreOutcome
 from node.delivery.records import (
+    ClaimedDelivery,
     claim_due,
     create_deliveries,
     new_claim_token,
@@ -83,8 +85,7 @@ def deliver_now(
     with LeaseHeartbeat(database, token, lease):
         for destination, claims in by_destination.items():
             started = utcnow()
-            remote = RemoteNode.parse(destination)
-            outcomes = sender_for(remote, senders).send(remote, [c.item for c in claims], settings)
+            outcomes = send_claimed(destination, claims, settings, senders)
             recorded = record_outcomes(database, claims, outcomes, policy=policy, started_at=started)
             for outcome, entry in zip(outcomes, recorded):
                 counts[entry.state] = counts.get(entry.state, 0) + 1
@@ -110,6 +111,24 @@ def deliver_now(
             send_wakeup(dispatcher, destination, [i for i, _ in waiting], countdown=max(seconds for _, seconds in waiting))
     update_study_delivery_states(database, [c.delivery_id for c in claimed])
     return {"claimed": len(claimed), "states": counts}
+
+
+def send_claimed(
+    destination: str, claims: Sequence[ClaimedDelivery], settings: Settings, senders: Mapping[str, Sender]
+) -> list[StoreOutcome]:
+    """Send the claimed deliveries to ``destination``; one outcome each, failures included.
+
+    A sender does not raise for network trouble; anything it raises all the same (a destination
+    whose scheme is no longer configured, a bug) is recorded as a failed attempt of every item,
+    so that the deliveries back off and finally fail with the reason instead of being retried
+    every lease forever.
+    """
+    try:
+        remote = RemoteNode.parse(destination)
+        return sender_for(remote, senders).send(remote, [c.item for c in claims], settings)
+    except Exception as exc:
+        log.exception("sending to %s failed", destination)
+        return [StoreOutcome(c.item.sop_instance_uid, None, f"could not send to {destination}: {exc}") for c in claims]
 
 
 def send_wakeup(dispatcher: object, destination: str, ids: list[int], *, countdown: float) -> None:

@@ -9,13 +9,14 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
+from collections.abc import Sequence
 
 import pytest
 from sqlalchemy import select
 
 from node.db import Database
 from node.db.schema import Delivery, DeliveryAttempt, as_utc, utcnow
-from node.delivery.items import StoreOutcome
+from node.delivery.items import StoreItem, StoreOutcome
 from node.delivery.lease import LeaseHeartbeat
 from node.delivery.policy import RetryPolicy
 from node.delivery.records import (
@@ -28,6 +29,8 @@ from node.delivery.records import (
     waiting_destinations,
     wake_waiting,
 )
+from node.delivery.senders import Sender
+from node.delivery.task import deliver_now
 from node.settings import RemoteNode, Settings
 from tests.node.delivery.conftest import StudyFiles, make_study_with_outputs
 
@@ -228,3 +231,24 @@ def test_concurrent_claims_and_the_heartbeat_work_on_postgresql(settings: Settin
             time.sleep(1.2)
             assert claim(database, settings, ids) == []
         database.engine.dispose()
+
+
+class RaisingSender(Sender):
+    """A sender with a bug: it raises instead of answering outcomes."""
+
+    scheme = "dicom"
+
+    def send(self, destination: RemoteNode, items: Sequence[StoreItem], settings: Settings) -> list[StoreOutcome]:
+        raise RuntimeError("sender bug")
+
+
+def test_a_sender_that_raises_costs_an_attempt_and_releases_the_claim_instead_of_looping_every_lease(
+    database: Database, settings: Settings, study_files: StudyFiles
+) -> None:
+    ids = new_deliveries(database, study_files)
+    report = deliver_now(database, settings, ids, senders={"dicom": RaisingSender()})
+    assert report["states"] == {"pending": 2}
+    for row in rows(database).values():
+        assert (row.attempts, row.claim_token, row.claimed_until) == (1, None, None)
+        assert row.last_error == f"could not send to {PACS}: sender bug"
+        assert not row.waiting_for_destination  # not known to be the destination's fault
