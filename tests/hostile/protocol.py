@@ -57,6 +57,9 @@ TOO_LONG = Aborted(PROVIDER, INVALID_PARAMETER, within=5.0)
 AA_1 = Aborted(USER, NOT_SPECIFIED, within=5.0)  #: PS3.8 Sta2 action AA-1
 AA_8 = Aborted(PROVIDER, NOT_SPECIFIED, within=5.0)  #: PS3.8 Sta6 action AA-8
 MIB = 1024 * 1024
+#: Seconds allowed past a time limit before a connection must be gone (a loaded 2-core machine
+#: runs 16 attacks at once; the limits themselves are 3 to 5 s).
+SLACK = 4.0
 
 
 def _header(pdu_type: int, length: int) -> bytes:
@@ -119,7 +122,7 @@ def _fragment_for(context_id: int) -> Callable[[CaseContext], Answer]:
 
 def context_fragment_cases(network_timeout: float) -> list[HostileCase]:
     """Messages on presentation contexts that were never accepted are ignored until the network timeout."""
-    ignored = Ended(within=network_timeout + 2)
+    ignored = Ended(within=network_timeout + SLACK)
     return [
         HostileCase(f"command-on-context-id-{context_id}", PDU, _fragment_for(context_id), ignored)
         for context_id in (99, 2, 0, 255)
@@ -392,7 +395,7 @@ def _many_silent(count: int) -> Callable[[CaseContext], Answer]:
 
 
 def _slow_store(ctx: CaseContext) -> Answer:
-    """A C-STORE in 1 KiB P-DATA PDUs, each whole, a third of the network timeout apart: slow, not hostile.
+    """A C-STORE in 512-byte P-DATA PDUs, each whole, a sixth of the network timeout apart: slow, not hostile.
 
     The transfer lasts longer than the PDU timeout, but no one PDU does, and the peer is never
     silent for the network timeout: it must be stored.
@@ -402,26 +405,26 @@ def _slow_store(ctx: CaseContext) -> Answer:
     try:
         data = r.join()
         peer.sock.sendall(p_data_tf(1, (COMMAND_LAST, c_store_rq(DX_FOR_PRESENTATION, r.sop_instance_uid))))
-        steps = range(0, len(data), 1024)
-        for position in steps:
-            last = position + 1024 >= len(data)
-            peer.sock.sendall(p_data_tf(1, (DATA_LAST if last else DATA, data[position : position + 1024])))
+        for position in range(0, len(data), 512):
+            last = position + 512 >= len(data)
+            peer.sock.sendall(p_data_tf(1, (DATA_LAST if last else DATA, data[position : position + 512])))
             if not last:
-                answer = next_answer(peer.sock, ctx.network_timeout / 3)
+                answer = next_answer(peer.sock, ctx.network_timeout / 6)
                 if answer.kind != "open":
                     return answer
         answer = next_answer(peer.sock, 10)
         if answer.kind == "status" and answer.values == (statuses.SUCCESS,):
             ctx.note_stored(r.sop_instance_uid)
+            peer.release()
         return answer
     finally:
         peer.sock.close()
 
 
 def slow_cases(*, acse_timeout: float, network_timeout: float, pdu_timeout: float) -> list[HostileCase]:
-    """Every slow/idle-socket case; the bounds are the listener's timeouts plus 2 s of slack."""
-    before = Closed(within=acse_timeout + 2)
-    silent_after = Ended(within=network_timeout + 2)
+    """Every slow/idle-socket case; the bounds are the listener's timeouts plus :data:`SLACK`."""
+    before = Closed(within=acse_timeout + SLACK)
+    silent_after = Ended(within=network_timeout + SLACK)
     request = dx_request
     wait = acse_timeout + 8
     return [
@@ -460,10 +463,10 @@ def slow_cases(*, acse_timeout: float, network_timeout: float, pdu_timeout: floa
             "p-data-trickled-past-the-pdu-timeout",
             SLOW,
             _trickle(lambda: _header(0x04, 1000) + bytes(1000), associate=True, every=network_timeout / 3, wait=pdu_timeout + 8),
-            Ended(within=pdu_timeout + 2),
+            Ended(within=pdu_timeout + SLACK),
         ),
         HostileCase("c-store-trickled-in-steps-under-the-network-timeout", SLOW, _slow_store, Status(statuses.SUCCESS)),
-        HostileCase("one-connection-past-the-per-peer-limit", SLOW, _per_peer, Closed(within=1.0)),
+        HostileCase("one-connection-past-the-per-peer-limit", SLOW, _per_peer, Closed(within=2.0)),
         HostileCase("twenty-silent-connections", SLOW, _many_silent(20), before),
     ]
 

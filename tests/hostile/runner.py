@@ -9,15 +9,11 @@ reads the node's peak RSS from ``/proc``, checks that the node still runs and an
 compares the spool with the database and with the Success answers, and lists every file that
 appeared outside the spool where the node has no business writing.
 
-Also a command: ``.venv/bin/python -m tests.hostile.runner`` runs the corpus once and prints
-per-category counts, failures and the memory figures (``benchmarks/hostile_corpus.py`` repeats it).
+``benchmarks/hostile_corpus.py`` is the command that runs it with repetitions and prints the figures.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -95,6 +91,18 @@ class CorpusRun:
         for result in self.results:
             grouped.setdefault(result.case.id, []).append(result)
         return grouped
+
+    @property
+    def ok(self) -> bool:
+        """Every case got its answer, and the node stayed up, in bounds and out of other directories."""
+        return (
+            not self.failures
+            and self.alive
+            and not self.spool_problems
+            and not self.outside_spool
+            and self.rss_growth < RSS_BOUND_BYTES
+            and self.good.state == "done"
+        )
 
     def summary(self) -> str:
         """Per-category counts, failures, timings and memory, as lines for a terminal."""
@@ -287,22 +295,3 @@ def run_corpus(
 def _study_uids(node: NodeProcess, study_uid: str) -> set[str]:
     report = node.report(study_uid) if study_uid else None
     return {i["sop_instance_uid"] for i in report["instances"]} if report else set()
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Run the hostile-input corpus against a fresh cxr-node serve.")
-    parser.add_argument("--repeat", type=int, default=1, help="run every case this many times (fresh UIDs each)")
-    parser.add_argument("--workers", type=int, default=16, help="cases run at once")
-    parser.add_argument("--category", action="append", choices=CATEGORIES, help="only these categories")
-    args = parser.parse_args(argv)
-    cases = corpus_module.corpus(tuple(args.category or CATEGORIES))
-    with tempfile.TemporaryDirectory(prefix="cxr-hostile-") as tmp:
-        run = run_corpus(Path(tmp), cases, workers=args.workers, repeat=args.repeat)
-    print(run.summary())
-    ok = not run.failures and run.alive and not run.spool_problems and not run.outside_spool
-    ok = ok and run.rss_growth < RSS_BOUND_BYTES and run.good.state == "done"
-    return 0 if ok else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
