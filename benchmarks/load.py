@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -55,7 +56,6 @@ from sqlalchemy.exc import SQLAlchemyError  # noqa: E402
 
 from benchmarks.end_to_end import make_studies, percentile  # noqa: E402
 from tests.support.deployment import QUEUES, Deployment  # noqa: E402
-from tests.support.store_load import send_files  # noqa: E402
 
 SAMPLE_INTERVAL_S = 1.0
 SPARK = "▁▂▃▄▅▆▇█"
@@ -141,7 +141,7 @@ def run_load(
         sampler.start()
         try:
             started = time.monotonic()
-            outcomes = send_files(paths, deployment.port, associations=associations)
+            outcomes = deployment.send(paths, associations=associations)
             run.send_seconds = time.monotonic() - started
             refused = [o for o in outcomes if not o.acknowledged]
             if len(outcomes) != len(paths) or refused:
@@ -263,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.studies < 1 or args.associations < 1:
         parser.error("--studies and --associations must be at least 1")
     policies = [p.strip() for p in args.policy.split(",") if p.strip()]
+    # SIGTERM (and SIGINT, which a background job ignores) end the run through the deployment's
+    # clean-up, so that no server or worker is left behind.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     root = Path(args.workdir or tempfile.mkdtemp(prefix="cxr-load-bench-"))
     root.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ SQLite, in-process task threads), for a baseline.
 Every component can be SIGKILLed and started again on the same ports and data::
 
     with Deployment(tmp_path) as deployment:
-        outcomes = send_files(paths, deployment.port)
+        outcomes = deployment.send(paths, associations=8, retry_for_s=60)
         deployment.kill("inference_worker")
         deployment.restart("postgres")          # SIGKILL, then start on the same cluster
         deployment.start("inference_worker")
@@ -57,6 +57,7 @@ from tests.support.orthanc import OrthancError, OrthancServer
 from tests.support.postgres_server import PostgresServer
 from tests.support.ports import free_port
 from tests.support.redis_server import RedisServer
+from tests.support.store_load import StoreOutcome, send_files
 
 POSTGRES, REDIS, ORTHANC, SERVE = "postgres", "redis", "orthanc", "serve"
 INFERENCE_WORKER, DELIVERY_WORKER = "inference_worker", "delivery_worker"
@@ -321,6 +322,15 @@ class Deployment:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # --- load -------------------------------------------------------------------------------------
+    def send(self, paths: Sequence[Path], *, associations: int = 8, retry_for_s: float = 0.0) -> list[StoreOutcome]:
+        """C-STORE ``paths`` to ``serve`` over ``associations`` concurrent associations (:func:`send_files`).
+
+        ``retry_for_s``: a file whose association failed (``serve`` killed) is sent again on a
+        new association until then; each outcome says whether the node acknowledged its file.
+        """
+        return send_files(paths, self.port, associations=associations, called_aet=self.ae_title, retry_for_s=retry_for_s)
 
     # --- the node's database --------------------------------------------------------------------
     @property
