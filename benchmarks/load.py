@@ -263,8 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.studies < 1 or args.associations < 1:
         parser.error("--studies and --associations must be at least 1")
     policies = [p.strip() for p in args.policy.split(",") if p.strip()]
-    # SIGTERM (and SIGINT, which a background job ignores) end the run through the deployment's
-    # clean-up, so that no server or worker is left behind.
+    # SIGTERM ends the run through the deployment's clean-up, so that no server or worker is left
+    # behind (a job started in the background ignores SIGINT).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     root = Path(args.workdir or tempfile.mkdtemp(prefix="cxr-load-bench-"))
