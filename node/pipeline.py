@@ -42,7 +42,9 @@ from sqlalchemy.orm import Session
 
 from node.constants import ResultStatus
 from node.db.schema import OutputObject, Result
+from node.faults import explain
 from node.outputs.builders import DEFAULT_BUILDERS, BuildInput, OutputBuilder
+from node.outputs.header import output_header
 from node.outputs.files import write_output
 from node.settings import Settings
 
@@ -57,6 +59,9 @@ log = logging.getLogger(__name__)
 STEP_NAME = "analysis"
 #: Stages that are model forward passes; everything else is the node's own overhead.
 MODEL_STAGES = ("image_encoder", "mask_decoder", "classifier", "regions")
+#: Never one image's fault, wherever they happen: the disk, the memory. They fail the job
+#: (which is retried) instead of the image; so do failures to load the models or write outputs.
+ENVIRONMENT_ERRORS: tuple[type[BaseException], ...] = (OSError, MemoryError)
 
 _bundles: dict[tuple[str, str], "ModelBundle"] = {}
 _bundles_lock = threading.Lock()
@@ -92,6 +97,14 @@ class ImageRecord:
     analysis: "AnalysisResult | None" = None
     timings: dict[str, float] = field(default_factory=dict)
     outputs: list[tuple[OutputBuilder, Dataset, Path]] = field(default_factory=list)
+    #: What the outputs lack, e.g. "left out of the outputs: Patient's Birth Date (0010,0030): not a valid DA".
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def stored_reason(self) -> str | None:
+        """The reason with the warnings, as ``results.reason`` stores it."""
+        parts = [p for p in (self.reason, *self.warnings) if p]
+        return "; ".join(parts) if parts else None
 
 
 def analysis_summary(
@@ -104,6 +117,7 @@ def analysis_summary(
         "ok": sorted({r.sop_instance_uid for r in records if r.status is ResultStatus.OK}),
         "skipped": {r.sop_instance_uid: r.reason for r in records if r.status is ResultStatus.SKIPPED},
         "failed": {f"{r.sop_instance_uid} ({r.policy})": r.reason for r in records if r.status is ResultStatus.FAILED},
+        "warnings": {r.sop_instance_uid: r.warnings for r in records if r.warnings},
         "outputs": len(output_ids),
         "destinations": [str(d) for d in destinations],
         "deliveries_enqueued": len(delivery_ids),
@@ -112,6 +126,13 @@ def analysis_summary(
 
 def _records_for_all(opened: "OpenedInstance", policies: Sequence[str], status: ResultStatus, reason: str, timings: dict[str, float]) -> list[ImageRecord]:
     return [ImageRecord(opened.instance_id, opened.sop_instance_uid, p, status, reason, timings=dict(timings)) for p in policies]
+
+
+def _image_failed(opened: "OpenedInstance", policies: Sequence[str], what: str, exc: BaseException, timings: dict[str, float]) -> list[ImageRecord]:
+    """Failed records for every policy: ``what`` and an explanation that quotes no header value."""
+    reason = f"{what}: {explain(exc)}"
+    log.warning("instance %s failed: %s (%s)", opened.sop_instance_uid, what, type(exc).__name__)
+    return _records_for_all(opened, policies, ResultStatus.FAILED, reason, timings)
 
 
 def analyse_image(
@@ -123,9 +144,21 @@ def analyse_image(
 ) -> list[ImageRecord]:
     """Select, analyse and build the outputs of one opened instance; one record per policy.
 
-    Outputs are written under ``settings.output_dir`` (atomically, deterministic UIDs); a
-    data fault of this image (not a chest frontal, undecodable, an output that cannot be built
-    from its header) becomes a skipped or failed record with the reason, never an exception.
+    Outputs are written under ``settings.output_dir`` (atomically, deterministic UIDs).
+
+    What is this image's fault and what is not, stage by stage:
+
+    * reading its header (selection, the output header check), converting its pixels and
+      building an output from it: any exception is this image's content (an unknown VR, a
+      value that does not convert, a pixel module pydicom or highdicom refuses), except
+      :data:`ENVIRONMENT_ERRORS`. It becomes a failed record whose reason names the attribute
+      and the problem, never a value (:func:`node.faults.explain`);
+    * the models refusing the image (``ValueError`` from the analysis): a failed record;
+    * loading the models, writing an output file, and :data:`ENVIRONMENT_ERRORS` anywhere:
+      not the image's fault; the exception propagates and the job fails (and is retried).
+
+    Invalid patient or study attributes are left out of the outputs
+    (:func:`node.outputs.header.output_header`); each record says which in ``warnings``.
     """
     from models.analysis import SKIP_REASON_SEGMENTATION_FAILED, analyze_policies, classifier_skipped
     from node.processing.pixels import model_input
@@ -140,7 +173,12 @@ def analyse_image(
         return _records_for_all(opened, policies, ResultStatus.FAILED, reason, timings)
 
     clock = time.perf_counter()
-    selection = classify_instance(ds)
+    try:
+        selection = classify_instance(ds)
+    except ENVIRONMENT_ERRORS:
+        raise
+    except Exception as exc:  # noqa: BLE001 - this image's header
+        return _image_failed(opened, policies, "header not readable", exc, timings)
     timings["select"] = time.perf_counter() - clock
     if not selection.accepted:
         log.info("instance %s skipped: %s", opened.sop_instance_uid, selection.reason)
@@ -149,34 +187,46 @@ def analyse_image(
         reason = f"pixel data could not be decoded: {opened.inspection.get('error', 'unknown error')}"
         return _records_for_all(opened, policies, ResultStatus.FAILED, reason, timings)
 
+    try:
+        header = output_header(ds)
+    except ENVIRONMENT_ERRORS:
+        raise
+    except Exception as exc:  # noqa: BLE001 - an attribute the outputs are built on
+        return _image_failed(opened, policies, "outputs cannot be built", exc, timings)
+    if header.left_out:
+        log.warning("instance %s: left out of the outputs: %s", opened.sop_instance_uid, ", ".join(header.left_out_keywords))
+
     clock = time.perf_counter()
     try:
         prepared = model_input(ds)
-    except ValueError as exc:
-        return _records_for_all(opened, policies, ResultStatus.FAILED, f"pixel data not usable: {exc}", timings)
+    except ENVIRONMENT_ERRORS:
+        raise
+    except Exception as exc:  # noqa: BLE001 - this image's pixel module
+        return _image_failed(opened, policies, "pixel data not usable", exc, timings)
     timings["model_input"] = time.perf_counter() - clock
 
+    models = bundle or bundle_for(settings)  # not the image's fault when it fails: the job fails
     try:
-        analyses = analyze_policies(
-            prepared.image, prepared.pixel_spacing_mm, policies, bundle=bundle or bundle_for(settings)
-        )
+        analyses = analyze_policies(prepared.image, prepared.pixel_spacing_mm, policies, bundle=models)
     except ValueError as exc:
-        return _records_for_all(opened, policies, ResultStatus.FAILED, f"analysis refused the image: {exc}", timings)
+        return _image_failed(opened, policies, "analysis refused the image", exc, timings)
 
+    warnings = [f"left out of the outputs: {text}" for text in header.left_out]
     records = [
-        ImageRecord(opened.instance_id, opened.sop_instance_uid, a.policy, ResultStatus.OK, analysis=a) for a in analyses
+        ImageRecord(opened.instance_id, opened.sop_instance_uid, a.policy, ResultStatus.OK, analysis=a, warnings=list(warnings))
+        for a in analyses
     ]
     for record in records:
         record.timings = {**timings, **{k: float(v) for k, v in record.analysis.timings.items()}}  # type: ignore[union-attr]
     built: dict[str, Dataset] = {}
     for builder in (b for b in builders if not b.per_policy):  # once per image, first policy's analysis
-        given = BuildInput(ds, analyses[0], built)
+        given = BuildInput(header.dataset, analyses[0], built)
         if builder.skip_reason(given) is not None:
             continue
         try:
             output, seconds = _build_and_write(builder, given, settings.output_dir)
-        except ValueError as exc:
-            return _records_for_all(opened, policies, ResultStatus.FAILED, f"{builder.kind} could not be built: {exc}", timings)
+        except _BuildFailed as failed:
+            return _records_for_all(opened, policies, ResultStatus.FAILED, failed.reason, timings)
         built[builder.kind] = output[1]
         records[0].outputs.append(output)
         for record in records:
@@ -191,14 +241,14 @@ def analyse_image(
             record.reason = f"{SKIP_REASON_SEGMENTATION_FAILED}: {segmentation.failure_reason}"
             continue
         for builder in (b for b in builders if b.per_policy):
-            given = BuildInput(ds, analysis, built)
+            given = BuildInput(header.dataset, analysis, built)
             if builder.skip_reason(given) is not None:
                 continue
             try:
                 output, seconds = _build_and_write(builder, given, settings.output_dir)
-            except ValueError as exc:
+            except _BuildFailed as failed:
                 record.status = ResultStatus.FAILED
-                record.reason = f"{builder.kind} could not be built: {exc}"
+                record.reason = failed.reason
                 break
             record.outputs.append(output)
             record.timings.update(seconds)
@@ -207,9 +257,24 @@ def analyse_image(
     return records
 
 
+class _BuildFailed(Exception):
+    """An output could not be built from this image; ``reason`` quotes no header value."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 def _build_and_write(builder: OutputBuilder, given: BuildInput, output_dir: Path) -> tuple[tuple[OutputBuilder, Dataset, Path], dict[str, float]]:
+    """Build one output (its failures are the image's: :class:`_BuildFailed`) and write it (its failures are not)."""
     clock = time.perf_counter()
-    ds = builder.build(given)
+    try:
+        ds = builder.build(given)
+    except ENVIRONMENT_ERRORS:
+        raise
+    except Exception as exc:  # noqa: BLE001 - highdicom/pydicom refusing this image's header or analysis
+        log.warning("instance %s: %s not built (%s)", given.source.get("SOPInstanceUID", "?"), builder.kind, type(exc).__name__)
+        raise _BuildFailed(f"{builder.kind} could not be built: {explain(exc)}") from exc
     built_at = time.perf_counter()
     path = write_output(output_dir, ds)
     name = builder.kind.lower()
@@ -243,7 +308,7 @@ def store_records(session: Session, job_id: int, records: Sequence[ImageRecord],
             session.add(row)
         analysis = record.analysis
         row.status = record.status.value
-        row.reason = record.reason
+        row.reason = record.stored_reason
         row.probabilities = dict(analysis.probabilities) if analysis and analysis.probabilities else None
         row.no_finding = _finite(analysis.no_finding) if analysis and analysis.probabilities else None
         row.thresholds = dict(analysis.thresholds) if analysis else None

@@ -46,9 +46,10 @@ from models.labels import LUNG_SIDES
 from models.result import AnalysisResult, ModelVersionInfo
 from node import __version__ as NODE_VERSION
 from node.constants import NODE_MANUFACTURER
+from node.faults import ImageFault
 from node.outputs import codes
 from node.outputs.codecs import JPEG2000_ENCODER_LOCK
-from node.outputs.header import header_without_pixels
+from node.outputs.header import header_without_pixels, instance_number
 from node.outputs.uids import OutputUIDs
 from node.processing.pixels import pixel_spacing_mm
 
@@ -111,7 +112,9 @@ def build_lung_segmentation(
     Parameters
     ----------
     source_ds:
-        The source CR/DX dataset (pixel data not needed; it is not copied).
+        The source CR/DX dataset (pixel data not needed; it is not copied). Its header is
+        checked first (:func:`node.outputs.header.output_header`): invalid patient and study
+        attributes are left out of the SEG.
     analysis:
         Its analysis; ``segmentation.left``/``right`` are ``(Rows, Columns) bool`` masks in
         source pixels and ``segmenter`` names the model.
@@ -124,27 +127,29 @@ def build_lung_segmentation(
     ------
     ValueError
         The segmentation failed (``ok`` is false: there are no lungs to write), or a mask
-        does not match the source's Rows x Columns.
+        does not match the source's Rows x Columns; :class:`node.faults.ImageFault` (a
+        ``ValueError``) when an attribute the SEG is built on is missing or invalid.
     """
     segmentation = analysis.segmentation
     if not segmentation.ok:
-        raise ValueError(
+        raise ImageFault(
             f"the segmentation failed ({segmentation.failure_reason}); write no SEG for this image "
             "and record the failure instead"
         )
-    rows, columns = int(source_ds.Rows), int(source_ds.Columns)
+    header = header_without_pixels(source_ds)  # checked: invalid patient/study attributes left out
+    rows, columns = int(header.Rows), int(header.Columns)
     masks = []
     for side in LUNG_SIDES:
         mask = np.asarray(getattr(segmentation, side))
         if mask.shape != (rows, columns):
-            raise ValueError(
+            raise ImageFault(
                 f"{side} lung mask must match the source image's Rows x Columns ({rows} x {columns}); "
                 f"got {' x '.join(map(str, mask.shape))}"
             )
         masks.append(mask.astype(bool))
     uids = uids or OutputUIDs.for_result(
-        source_series_uid=str(source_ds.SeriesInstanceUID),
-        source_instance_uid=str(source_ds.SOPInstanceUID),
+        source_series_uid=str(header.SeriesInstanceUID),
+        source_instance_uid=str(header.SOPInstanceUID),
         analysis=analysis,
     )
     created = created or dt.datetime.now()
@@ -171,12 +176,11 @@ def build_lung_segmentation(
         ]
         descriptions.append(description)
 
-    spacing, _ = pixel_spacing_mm(source_ds)
+    spacing, _ = pixel_spacing_mm(header)
     pixel_measures = hd.PixelMeasuresSequence(
         pixel_spacing=list(spacing) if spacing is not None else [1.0, 1.0],
         slice_thickness=_NOMINAL_SLICE_THICKNESS_MM,
     )
-    source_header = header_without_pixels(source_ds)
 
     clinical = segmenter.clinical_use
     series_description = "Lung segmentation" if clinical else f"{NOT_FOR_CLINICAL_USE} - Lung segmentation"
@@ -186,14 +190,14 @@ def build_lung_segmentation(
     pixel_array = np.stack(masks, axis=-1)[np.newaxis].astype(np.uint8)  # (1, rows, columns, 2)
     with JPEG2000_ENCODER_LOCK:  # highdicom encodes the frames here; the encoder is not re-entrant
         seg = hd.seg.Segmentation(
-            source_images=[source_header],
+            source_images=[header],
             pixel_array=pixel_array,
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
             segment_descriptions=descriptions,
             series_instance_uid=uids.seg_series,
             series_number=SEG_SERIES_NUMBER,
             sop_instance_uid=uids.seg_instance,
-            instance_number=int(source_ds.get("InstanceNumber", 1) or 1),
+            instance_number=instance_number(header),
             manufacturer=MANUFACTURER,
             manufacturer_model_name=segmenter.name[:64],
             software_versions=[f"cxr-node {NODE_VERSION}", segmenter.version[:64]],  # type: ignore[arg-type]
@@ -211,8 +215,8 @@ def build_lung_segmentation(
             content_date=created.date(),
             content_time=created.time(),
         )
-    if "PatientOrientation" in source_ds:
-        seg.PatientOrientation = source_ds.PatientOrientation
+    if "PatientOrientation" in header:
+        seg.PatientOrientation = header.PatientOrientation
     else:
         seg.PatientOrientation = ""  # Type 2C: present, empty when the source gave none
     shared = seg.SharedFunctionalGroupsSequence[0]
@@ -223,6 +227,6 @@ def build_lung_segmentation(
     if not clinical:
         seg.ImageComments = demo_statement(segmenter)
     logger.info(
-        "built SEG %s for source %s (segmenter %s)", uids.seg_instance, source_ds.SOPInstanceUID, segmenter.label
+        "built SEG %s for source %s (segmenter %s)", uids.seg_instance, header.SOPInstanceUID, segmenter.label
     )
     return seg

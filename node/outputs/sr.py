@@ -62,7 +62,8 @@ from pydicom.dataset import Dataset
 from models.labels import FINDINGS, LUNG_SIDES, NO_FINDING
 from models.result import AnalysisResult, ModelVersionInfo
 from node.outputs import codes
-from node.outputs.header import header_without_pixels
+from node.faults import ImageFault
+from node.outputs.header import header_without_pixels, instance_number
 from node.outputs.seg import (
     MANUFACTURER,
     NOT_FOR_CLINICAL_USE,
@@ -83,7 +84,7 @@ _DS_DECIMALS = 6  # probabilities in % keep 6 decimals: far below any model's re
 
 def _percent(probability: float) -> float:
     if not 0.0 <= probability <= 1.0 or np.isnan(probability):
-        raise ValueError(f"a probability must lie in [0, 1]; got {probability}")
+        raise ImageFault(f"a probability must lie in [0, 1]; got {probability}")
     return round(float(probability) * 100.0, _DS_DECIMALS)
 
 
@@ -173,7 +174,7 @@ def _frame_of_segment(seg: Dataset, segment_number: int) -> int:
     for index, frame in enumerate(seg.PerFrameFunctionalGroupsSequence, start=1):
         if int(frame.SegmentIdentificationSequence[0].ReferencedSegmentNumber) == segment_number:
             return index
-    raise ValueError(f"the SEG {seg.SOPInstanceUID} has no frame for segment {segment_number}")
+    raise ImageFault(f"the SEG {seg.SOPInstanceUID} has no frame for segment {segment_number}")
 
 
 def _lung_group(
@@ -257,7 +258,9 @@ def build_measurement_report(
     Parameters
     ----------
     source_ds:
-        The source CR/DX dataset (pixel data not needed).
+        The source CR/DX dataset (pixel data not needed). Its header is checked first
+        (:func:`node.outputs.header.output_header`): invalid patient and study attributes are
+        left out of the report.
     seg:
         The lung SEG built from the same analysis by
         :func:`node.outputs.seg.build_lung_segmentation`, or ``None`` when the segmentation
@@ -273,8 +276,9 @@ def build_measurement_report(
     ------
     ValueError
         A finding of ``models.labels.FINDINGS`` is missing from the probabilities,
-        thresholds or decisions, a probability is outside [0, 1], or ``seg`` does not
-        reference ``source_ds``.
+        thresholds or decisions, a probability is outside [0, 1], ``seg`` does not
+        reference ``source_ds``, or an attribute the report is built on is missing or invalid
+        (all :class:`node.faults.ImageFault`).
     """
     for label in FINDINGS:
         for what, mapping in (
@@ -283,24 +287,25 @@ def build_measurement_report(
             ("decisions", analysis.decisions),
         ):
             if label not in mapping:
-                raise ValueError(f"analysis.{what} has no entry for {label!r}; every finding needs one")
+                raise ImageFault(f"analysis.{what} has no entry for {label!r}; every finding needs one")
     if seg is None and analysis.segmentation.ok:
-        raise ValueError("the segmentation succeeded, so the report needs its SEG to reference the lungs")
+        raise ImageFault("the segmentation succeeded, so the report needs its SEG to reference the lungs")
+    header = header_without_pixels(source_ds)  # checked: invalid patient/study attributes left out
     if seg is not None:
         referenced = {
             str(item.ReferencedSOPInstanceUID)
             for series in seg.get("ReferencedSeriesSequence", [])
             for item in series.ReferencedInstanceSequence
         }
-        if str(source_ds.SOPInstanceUID) not in referenced:
-            raise ValueError(f"the SEG {seg.SOPInstanceUID} does not reference source {source_ds.SOPInstanceUID}")
+        if str(header.SOPInstanceUID) not in referenced:
+            raise ImageFault(f"the SEG {seg.SOPInstanceUID} does not reference source {header.SOPInstanceUID}")
     uids = uids or OutputUIDs.for_result(
-        source_series_uid=str(source_ds.SeriesInstanceUID),
-        source_instance_uid=str(source_ds.SOPInstanceUID),
+        source_series_uid=str(header.SeriesInstanceUID),
+        source_instance_uid=str(header.SOPInstanceUID),
         analysis=analysis,
     )
     created = created or dt.datetime.now()
-    source_header = header_without_pixels(source_ds)
+    source_header = header
 
     groups: list = [_finding_group(label, analysis, source_header, uids) for label in FINDINGS]
     groups.append(_no_finding_group(analysis, source_header, uids))
@@ -337,7 +342,7 @@ def build_measurement_report(
         series_instance_uid=uids.sr_series,
         series_number=SR_SERIES_NUMBERS.get(analysis.policy, _OTHER_POLICY_SERIES_NUMBER),
         sop_instance_uid=uids.sr_instance,
-        instance_number=int(source_ds.get("InstanceNumber", 1) or 1),
+        instance_number=instance_number(header),
         manufacturer=MANUFACTURER,
         is_complete=True,
         is_final=True,
@@ -353,7 +358,7 @@ def build_measurement_report(
     logger.info(
         "built SR %s for source %s (policy %s, classifier %s)",
         uids.sr_instance,
-        source_ds.SOPInstanceUID,
+        header.SOPInstanceUID,
         analysis.policy,
         classifier.label,
     )

@@ -30,6 +30,8 @@ Pixel spacing (row, column) in mm, in order of preference:
   the patient plane);
 * Imager Pixel Spacing alone (at the detector, so anatomy measures ~10 % larger);
 * else ``None``: the models then use their documented fallback.
+
+A spacing (or magnification) that is not two (one) positive finite numbers counts as absent.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+from node.faults import ImageFault
 
 logger = logging.getLogger(__name__)
 
@@ -76,22 +80,34 @@ def pixel_spacing_mm(ds: Dataset) -> tuple[tuple[float, float] | None, str]:
         return spacing, "PixelSpacing"
     imager = _pair(ds, "ImagerPixelSpacing")
     if imager is None:
-        return None, "no pixel spacing in the header"
-    magnification = ds.get("EstimatedRadiographicMagnificationFactor")
-    if magnification is not None and float(magnification) > 0:
-        factor = float(magnification)
+        return None, "no valid pixel spacing in the header"
+    factor = _positive(ds, "EstimatedRadiographicMagnificationFactor")
+    if factor is not None:
         return (imager[0] / factor, imager[1] / factor), f"ImagerPixelSpacing / magnification {factor:g}"
     return imager, "ImagerPixelSpacing (detector plane, not corrected for magnification)"
 
 
 def _pair(ds: Dataset, keyword: str) -> tuple[float, float] | None:
-    value = ds.get(keyword)
-    if value is None or len(value) != 2:
+    """Two positive finite numbers from ``keyword``; None when absent or not valid (then unused)."""
+    try:
+        value = ds.get(keyword)
+        if value is None or isinstance(value, (str, bytes)) or len(value) != 2:
+            return None
+        row, col = float(value[0]), float(value[1])
+    except (TypeError, ValueError, OverflowError):
         return None
-    row, col = float(value[0]), float(value[1])
-    if not (row > 0 and col > 0):
+    if not (0 < row < float("inf") and 0 < col < float("inf")):
         return None
     return row, col
+
+
+def _positive(ds: Dataset, keyword: str) -> float | None:
+    try:
+        value = ds.get(keyword)
+        number = float(value) if value not in (None, "") else None
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if number is not None and 0 < number < float("inf") else None
 
 
 def model_input(ds: Dataset) -> ModelInput:
@@ -114,10 +130,10 @@ def model_input(ds: Dataset) -> ModelInput:
         cannot take (the message names it).
     """
     if "PixelData" not in ds:
-        raise ValueError("the instance has no Pixel Data; nothing to analyse")
+        raise ImageFault("the instance has no Pixel Data; nothing to analyse")
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames != 1:
-        raise ValueError(f"the instance has {frames} frames; the models take single-frame radiographs")
+        raise ImageFault(f"the instance has {frames} frames; the models take single-frame radiographs")
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     notes: list[str] = []
 
@@ -127,7 +143,7 @@ def model_input(ds: Dataset) -> ModelInput:
     elif photometric in ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "YBR_PARTIAL_420"):
         image = _luma(ds, stored, notes)
     else:
-        raise ValueError(
+        raise ImageFault(
             f"photometric interpretation {photometric or '(missing)'} is not supported; "
             "send MONOCHROME1, MONOCHROME2 or RGB"
         )
@@ -200,13 +216,13 @@ def _window_output_range(ds: Dataset, values: np.ndarray) -> tuple[float, float]
         slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
         y_min, y_max = y_min * slope + intercept, y_max * slope + intercept
     if y_max == y_min:
-        raise ValueError(f"cannot derive the window's output range from BitsStored={bits} and the rescale")
+        raise ImageFault(f"cannot derive the window's output range from BitsStored={bits} and the rescale")
     return y_min, y_max
 
 
 def _luma(ds: Dataset, stored: np.ndarray, notes: list[str]) -> np.ndarray:
     if stored.ndim != 3 or stored.shape[-1] != 3:
-        raise ValueError(f"a colour image needs (H, W, 3) pixels; got shape {stored.shape}")
+        raise ImageFault(f"a colour image needs (H, W, 3) pixels; got shape {stored.shape}")
     max_value = float((1 << int(ds.BitsStored)) - 1)
     notes.append("colour image reduced to luma (BT.601 weights)")
     return (stored.astype(np.float64) @ _LUMA_WEIGHTS) / max_value
