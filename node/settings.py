@@ -186,6 +186,11 @@ class Settings(BaseSettings):
     )
     model_dir: Path | None = Field(None, description="Model store; default: data_dir/models, then the bundled demo models.")
     device: str = Field("auto", description="Torch device for inference: auto, cpu, cuda, cuda:N.")
+    max_image_pixels: int = Field(
+        100_000_000,
+        ge=1,
+        description="Largest image the worker decodes, in samples (Rows x Columns x frames x samples per pixel).",
+    )
 
     # --- delivery ----------------------------------------------------------------------------
     destinations: Annotated[list[RemoteNode], NoDecode] = Field(
