@@ -177,7 +177,7 @@ def analyse_image(
         selection = classify_instance(ds)
     except ENVIRONMENT_ERRORS:
         raise
-    except Exception as exc:  # noqa: BLE001 - this image's header
+    except Exception as exc:  # this image's header
         return _image_failed(opened, policies, "header not readable", exc, timings)
     timings["select"] = time.perf_counter() - clock
     if not selection.accepted:
@@ -191,7 +191,7 @@ def analyse_image(
         header = output_header(ds)
     except ENVIRONMENT_ERRORS:
         raise
-    except Exception as exc:  # noqa: BLE001 - an attribute the outputs are built on
+    except Exception as exc:  # an attribute the outputs are built on
         return _image_failed(opened, policies, "outputs cannot be built", exc, timings)
     if header.left_out:
         log.warning("instance %s: left out of the outputs: %s", opened.sop_instance_uid, ", ".join(header.left_out_keywords))
@@ -201,15 +201,16 @@ def analyse_image(
         prepared = model_input(ds)
     except ENVIRONMENT_ERRORS:
         raise
-    except Exception as exc:  # noqa: BLE001 - this image's pixel module
+    except Exception as exc:  # this image's pixel module
         return _image_failed(opened, policies, "pixel data not usable", exc, timings)
     timings["model_input"] = time.perf_counter() - clock
 
     models = bundle or bundle_for(settings)  # not the image's fault when it fails: the job fails
     try:
         analyses = analyze_policies(prepared.image, prepared.pixel_spacing_mm, policies, bundle=models)
-    except ValueError as exc:
-        return _image_failed(opened, policies, "analysis refused the image", exc, timings)
+    except ValueError as exc:  # the models' own checks of the image; they never see the header
+        log.warning("instance %s: the analysis refused the image", opened.sop_instance_uid)
+        return _records_for_all(opened, policies, ResultStatus.FAILED, f"analysis refused the image: {exc}", timings)
 
     warnings = [f"left out of the outputs: {text}" for text in header.left_out]
     records = [
@@ -272,7 +273,7 @@ def _build_and_write(builder: OutputBuilder, given: BuildInput, output_dir: Path
         ds = builder.build(given)
     except ENVIRONMENT_ERRORS:
         raise
-    except Exception as exc:  # noqa: BLE001 - highdicom/pydicom refusing this image's header or analysis
+    except Exception as exc:  # highdicom/pydicom refusing this image's header or analysis
         log.warning("instance %s: %s not built (%s)", given.source.get("SOPInstanceUID", "?"), builder.kind, type(exc).__name__)
         raise _BuildFailed(f"{builder.kind} could not be built: {explain(exc)}") from exc
     built_at = time.perf_counter()

@@ -314,7 +314,7 @@ def _converted(source: Dataset, element: RawDataElement | DataElement, encodings
         return element
     try:
         return convert_raw_data_element(element, encoding=encodings, ds=source)
-    except Exception:  # noqa: BLE001 - any conversion failure is this value's fault
+    except Exception:  # any conversion failure is this value's fault
         raise _Invalid(f"a value that cannot be read as {element.VR or 'its VR'}") from None
 
 
