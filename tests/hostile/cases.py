@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import itertools
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from tests.support.hostile_peer import Answer
+from tests.support.polling import wait_for
 
 ENCODING = "encoding"
 PDU = "pdu"
@@ -69,14 +69,15 @@ class CaseContext:
 
     def wait_for_report(self, study_uid: str, state: str, timeout: float = 60.0) -> dict[str, Any] | None:
         """Poll until the study is in ``state``; its report then, or the last seen one after ``timeout``."""
-        deadline = time.monotonic() + timeout
-        report = None
-        while time.monotonic() < deadline:
+
+        def in_state() -> dict[str, Any] | None:
             report = self.report(study_uid)
-            if report is not None and report["study"]["state"] == state:
-                return report
-            time.sleep(0.2)
-        return report
+            return report if report is not None and report["study"]["state"] == state else None
+
+        try:
+            return wait_for(in_state, f"study {study_uid} {state}", timeout, interval=0.2)
+        except AssertionError:
+            return self.report(study_uid)
 
 
 class Expected(Protocol):

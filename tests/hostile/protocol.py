@@ -18,6 +18,7 @@ The answers come from PS3.8 and the listener's limits (:mod:`node.scp.limits`):
 
 from __future__ import annotations
 
+import socket
 import struct
 import time
 from collections.abc import Callable
@@ -313,17 +314,24 @@ def pdu_cases(max_pdu: int, network_timeout: float) -> list[HostileCase]:
 
 
 # --- slow and idle sockets -------------------------------------------------------------------------
+def _connected(ctx: CaseContext, associate: bool) -> tuple[socket.socket, Answer | None]:
+    """A connection from an address of its own, associated (DX) when asked; the answer if that failed."""
+    sock = connect(ctx.port, source=ctx.source())
+    if not associate:
+        return sock, None
+    sock.sendall(dx_request())
+    answer = next_answer(sock, 10)
+    return sock, (None if answer.kind == "accepted" else answer)
+
+
 def _idle(first: Callable[[], bytes] | None, *, associate: bool, wait: float) -> Callable[[CaseContext], Answer]:
     """Connect (and associate), send ``first``, then go silent; what happens within ``wait``."""
 
     def attack(ctx: CaseContext) -> Answer:
-        sock = connect(ctx.port, source=ctx.source())
+        sock, refused = _connected(ctx, associate)
         try:
-            if associate:
-                sock.sendall(dx_request())
-                answer = next_answer(sock, 10)
-                if answer.kind != "accepted":
-                    return answer
+            if refused is not None:
+                return refused
             if first is not None:
                 sock.sendall(first())
             return next_answer(sock, wait)
@@ -337,13 +345,10 @@ def _trickle(data: Callable[[], bytes], *, associate: bool, every: float, wait: 
     """Send ``data`` one byte each ``every`` seconds; the answer (or close) that cuts it short."""
 
     def attack(ctx: CaseContext) -> Answer:
-        sock = connect(ctx.port, source=ctx.source())
+        sock, refused = _connected(ctx, associate)
         try:
-            if associate:
-                sock.sendall(dx_request())
-                answer = next_answer(sock, 10)
-                if answer.kind != "accepted":
-                    return answer
+            if refused is not None:
+                return refused
             started = time.monotonic()
             for byte in data():
                 try:

@@ -238,22 +238,9 @@ class RawAssociation:
         self.sock.sendall(p_data_tf(context_id, (DATA_LAST, pending)))
 
     def read_status(self, timeout: float = 30.0) -> int | None:
-        """The Status of the next DIMSE response; ``None`` when the listener aborted or closed."""
-        command = b""
-        while True:
-            pdu = read_pdu(self.sock, timeout)
-            if pdu is None or pdu[0] != 0x04:
-                return None
-            body = pdu[1]
-            position = 0
-            while position + 6 <= len(body):
-                length = struct.unpack_from(">L", body, position)[0]
-                header = body[position + 5]
-                if header & COMMAND:
-                    command += body[position + 6 : position + 4 + length]
-                    if header & 0x02:
-                        return _command_status(command)
-                position += 4 + length
+        """The Status of the next DIMSE response; ``None`` when the listener aborted, closed or said nothing."""
+        answer = next_answer(self.sock, timeout)
+        return answer.values[0] if answer.kind == "status" and answer.values else None
 
     def release(self) -> None:
         """A-RELEASE-RQ, wait for the answer, close."""
