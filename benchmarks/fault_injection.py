@@ -12,8 +12,9 @@ node is down, or answers a failure) is sent again every second, as a modality do
 The schedule (:func:`make_schedule`, ``random.Random(--seed)``): ``--faults`` SIGKILLs spread
 over the stream, one per equal slot of its first 5-75 % (restarts push later faults back, so the
 last quarter is left for them), each component killed once before any is killed twice; each is restarted on the same ports and data after an outage drawn from
-``--outage`` seconds. A kill of the inference worker waits (at most 10 s) for a job to be
-running, so that it interrupts one. Faults do not overlap: a component is back (answering
+``--outage`` seconds. A kill waits (at most 10 s) for work to cut short: of the inference
+worker for a job to be running, of the delivery worker, Orthanc or Redis for a delivery being
+sent (in the embedded default, of serve for a job). Faults do not overlap: a component is back (answering
 C-ECHO, ``ready``, PING, ``pg_isready``, REST) and has run ``--min-gap`` seconds (default 5)
 before the next kill, so that a late restart does not turn the schedule into a crash loop.
 
@@ -25,15 +26,21 @@ Checked once the node has settled (exit status 1 when any check fails):
 - exactly one SEG and one SR per policy per study at Orthanc, no duplicates;
 - nothing stuck: no job queued or running, no delivery pending, no study received, queued or
   running; no delivery failed;
-- no study failed (no fault is any study's fault).
+- no study failed (no fault is any study's fault);
+- the work a fault cut short (a job running, a delivery being sent at the kill) was done within
+  :data:`RECOVERY_LIMIT_S` (40 s) of the component being back;
+- no component stopped without a fault: one found not running is recorded and started again,
+  as ``restart: unless-stopped`` would (the run fails all the same), and no worker logged
+  Celery's "Unrecoverable error" (after which it exits, perhaps only after the next kill).
 
 Printed per fault: when it came, how long the component was down (kill to answering again),
 **resumed** (kill to the first piece of the work the component's outage held up finishing
 after it was back: an instance the listener refused acknowledged, a job done, an output
 delivered — the stages each component holds up are :data:`STAGES`), **recovered** (kill to
 the last such piece finishing: everything that was unfinished at the kill or held up during
-the outage), and for a job running at the kill, kill to that job done and the interruptions
-recorded for it. Then the figures per component (median and max) and the totals.
+the outage), for a job running at the kill, kill to that job done and the interruptions
+recorded for it, and for deliveries being sent at the kill, kill to their Success recorded.
+Then the figures per component (median and max) and the totals.
 
 Run::
 
@@ -95,15 +102,23 @@ EMBEDDED_STAGES = {SERVE: (INGEST, INFERENCE, DELIVERY)}
 #: Components whose death cuts short the jobs running at the kill (in-process, serve runs them).
 INTERRUPTING = frozenset({INFERENCE_WORKER, POSTGRES})
 EMBEDDED_INTERRUPTING = frozenset({SERVE})
-#: Components whose kill waits for a job to be running, so that it interrupts one.
-WAITS_FOR_A_JOB = frozenset({INFERENCE_WORKER})
-EMBEDDED_WAITS_FOR_A_JOB = frozenset({SERVE})
+JOB, SENDING = "job", "delivery"
+#: What a component's kill waits for (at most :data:`WAIT_FOR_WORK_S`), so that it cuts work
+#: short: a job running, or a delivery being sent (its lease held).
+WAITS_FOR: dict[str, str] = {INFERENCE_WORKER: JOB, DELIVERY_WORKER: SENDING, ORTHANC: SENDING, REDIS: SENDING}
+EMBEDDED_WAITS_FOR: dict[str, str] = {SERVE: JOB}
 #: Settings of the runs: a lost job is noticed 5 s after its last heartbeat (the default is 15 s).
 FAULT_ENV = {"CXR_NODE_JOB_HEARTBEAT_SECONDS": "1", "CXR_NODE_JOB_HEARTBEAT_TIMEOUT_SECONDS": "5"}
 #: Seconds the node runs between a component being back and the next kill, at least (no crash loop).
 MIN_GAP_S = 5.0
-#: Longest a kill of :data:`WAITS_FOR_A_JOB` waits after its moment for a job to be running.
-WAIT_FOR_RUNNING_S = 10.0
+#: Work cut short by a fault (a running job, a delivery being sent) must be done this many
+#: seconds after the component is back, at most: the heartbeat timeout, a lease or a probe
+#: plus a re-run, with room for a loaded machine.
+RECOVERY_LIMIT_S = 40.0
+#: What Celery logs (CRITICAL) when a worker gives up; the worker process then exits.
+UNRECOVERABLE = "CRITICAL celery.worker: Unrecoverable error"
+#: Longest a kill of :data:`WAITS_FOR` waits after its moment for that work to be under way.
+WAIT_FOR_WORK_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -157,7 +172,9 @@ class FaultRecord:
     killed_s: float | None = None
     #: Jobs ``running`` at the moment of the kill.
     running_jobs: tuple[int, ...] = ()
-    #: Seconds the kill waited after its moment for a job to run (:data:`WAITS_FOR_A_JOB` only).
+    #: Deliveries being sent (lease held) at the moment of the kill.
+    sending_deliveries: tuple[int, ...] = ()
+    #: Seconds the kill waited after its moment for work to be under way (:data:`WAITS_FOR` only).
     waited_s: float = 0.0
     error: str | None = None
     figures: dict[str, Any] = field(default_factory=dict)
@@ -172,8 +189,37 @@ def running_job_ids(deployment: Deployment) -> tuple[int, ...]:
         return ()
 
 
+@dataclass
+class UnexpectedExit:
+    """A component found not running that no fault had stopped; it is started again, as a supervisor would."""
+
+    component: str
+    noticed_s: float  #: seconds from the stream's start
+    exit_status: int | None
+    #: The log's error lines and its last lines before the restart.
+    log_tail: str
+    restarted: bool
+
+
+def sending_delivery_ids(deployment: Deployment) -> tuple[int, ...]:
+    """Ids of the deliveries being sent now (their lease runs), empty when the database does not answer."""
+    now = dt.datetime.now(dt.timezone.utc)
+    try:
+        with deployment.database.session() as session:
+            rows = session.execute(select(Delivery.id, Delivery.claimed_until).where(Delivery.claimed_until.is_not(None))).all()
+    except SQLAlchemyError:
+        return ()
+    return tuple(sorted(i for i, until in rows if as_utc(until) > now))
+
+
 class Injector(threading.Thread):
-    """Carries out a schedule against a deployment: at each moment SIGKILL, wait the outage, start again."""
+    """Carries out a schedule against a deployment, and watches that nothing else stops.
+
+    At each moment: SIGKILL, wait the outage, start again. Between faults and after the last
+    one, until :meth:`stop`, a component found not running that no fault stopped is recorded
+    (:class:`UnexpectedExit`) and started again, as ``restart: unless-stopped`` does in
+    ``compose.yaml`` (the checks fail on it all the same).
+    """
 
     def __init__(
         self,
@@ -181,33 +227,68 @@ class Injector(threading.Thread):
         schedule: Sequence[Fault],
         started_at: float,
         *,
-        wait_for_a_job: frozenset[str] = WAITS_FOR_A_JOB,
+        waits_for: dict[str, str] = WAITS_FOR,
         min_gap_s: float = MIN_GAP_S,
+        watch_every_s: float = 0.5,
     ) -> None:
         super().__init__(name="fault-injector", daemon=True)
         self.deployment = deployment
-        self.wait_for_a_job = wait_for_a_job
-        self.min_gap_s = min_gap_s
         self.records = [FaultRecord(fault) for fault in schedule]
         self.started_at = started_at
+        self.waits_for = waits_for
+        self.min_gap_s = min_gap_s
+        self.watch_every_s = watch_every_s
+        self.exits: list[UnexpectedExit] = []
+        #: Set once every fault of the schedule was carried out.
+        self.schedule_done = threading.Event()
         self._stopping = threading.Event()
 
     def stop(self) -> None:
         self._stopping.set()
 
+    def watch(self) -> None:
+        """Record and start again every component that is not running (none is being faulted now)."""
+        for name in self.deployment.components:
+            if self.deployment.is_running(name):
+                continue
+            noticed_s = round(time.time() - self.started_at, 1)
+            status = self.deployment.exit_status(name)
+            tail = self.deployment.log_tail(name, 30000).splitlines()
+            telling = [line[:300] for line in tail if any(w in line for w in ("CRITICAL", "ERROR", "Error:"))]
+            try:
+                self.deployment.start(name)
+                restarted = True
+            except Exception:  # the checks fail on the exit anyway
+                restarted = False
+            self.exits.append(UnexpectedExit(name, noticed_s, status, "\n".join(telling[-6:] + tail[-3:]), restarted))
+
+    def _wait_watching(self, until: float) -> bool:
+        """Watch until ``until`` (``time.time()``); True when :meth:`stop` was called."""
+        while True:
+            self.watch()
+            left = until - time.time()
+            if left <= 0:
+                return self._stopping.is_set()
+            if self._stopping.wait(min(left, self.watch_every_s)):
+                return True
+
     def run(self) -> None:
         not_before = self.started_at
         for record in self.records:
             fault = record.fault
-            if self._stopping.wait(max(0.0, self.started_at + fault.at_s - time.time(), not_before - time.time())):
+            if self._wait_watching(max(self.started_at + fault.at_s, not_before)):
+                self.schedule_done.set()
                 return
-            record.running_jobs = running_job_ids(self.deployment)
-            if fault.component in self.wait_for_a_job:
-                planned = time.monotonic()
-                while not record.running_jobs and time.monotonic() - planned < WAIT_FOR_RUNNING_S:
-                    time.sleep(0.05)
-                    record.running_jobs = running_job_ids(self.deployment)
-                record.waited_s = round(time.monotonic() - planned, 2)
+            wanted = self.waits_for.get(fault.component)
+            planned = time.monotonic()
+            while True:
+                record.running_jobs = running_job_ids(self.deployment)
+                record.sending_deliveries = sending_delivery_ids(self.deployment)
+                under_way = record.running_jobs if wanted == JOB else record.sending_deliveries
+                if wanted is None or under_way or time.monotonic() - planned >= WAIT_FOR_WORK_S:
+                    break
+                time.sleep(0.05)
+            record.waited_s = round(time.monotonic() - planned, 2)
             record.killed_at = time.time()
             record.killed_s = round(record.killed_at - self.started_at, 2)
             self.deployment.kill(fault.component)
@@ -221,6 +302,9 @@ class Injector(threading.Thread):
                     self.deployment.kill(fault.component)
             record.back_at = time.time()
             not_before = record.back_at + self.min_gap_s
+        self.schedule_done.set()
+        while not self._wait_watching(time.time() + self.watch_every_s):
+            pass
 
 
 # --- what the database says afterwards ------------------------------------------------------------
@@ -324,6 +408,11 @@ def fault_figures(
         "resumed_s": round(max(held_up) - killed, 2) if held_up else None,
         "recovered_s": (round(max(everything) - killed, 2) if everything and None not in everything else ("never" if everything else None)),
     }
+    sending = [records.deliveries[d] for d in record.sending_deliveries if d in records.deliveries]
+    if sending and DELIVERY in stages[record.fault.component]:
+        ends = [d["delivered_at"] for d in sending]
+        figures["sending_deliveries"] = len(sending)
+        figures["sending_done_s"] = round(max(ends) - killed, 2) if None not in ends else "never"
     if interrupted and record.fault.component in interrupting:
         ends = [j["finished_at"] for j in interrupted]
         figures["interrupted_jobs"] = len(interrupted)
@@ -332,6 +421,19 @@ def fault_figures(
             1 for j in interrupted for i in j["interruptions"] if _iso_ts(i.get("noticed_at")) >= killed - 1.0
         )
     return figures
+
+
+def slow_recovery(record: FaultRecord, limit_s: float = RECOVERY_LIMIT_S) -> str | None:
+    """Why the work this fault cut short was not done within ``limit_s`` of the component being back, or None."""
+    figures = record.figures
+    down = figures.get("down_s")
+    if down is None:
+        return None
+    for key, what in (("interrupted_done_s", "job(s) running at the kill"), ("sending_done_s", "delivery(ies) being sent at the kill")):
+        value = figures.get(key)
+        if value == "never" or (isinstance(value, (int, float)) and value - down > limit_s):
+            return f"the {what} finished {value} s after the kill, more than {limit_s:g} s after the component was back ({down} s)"
+    return None
 
 
 def _iso_ts(value: str | None) -> float:
@@ -352,6 +454,8 @@ class FaultRun:
     studies: int
     interval_s: float
     faults: list[FaultRecord] = field(default_factory=list)
+    #: Components that stopped without a fault (each a defect; they were started again).
+    exits: list[UnexpectedExit] = field(default_factory=list)
     totals: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
     #: Per study that failed, was not delivered or has other outputs than expected: its report's essentials.
@@ -371,9 +475,15 @@ def _study_evidence(deployment: Deployment, uid: str) -> dict[str, Any]:
     return {"state": report["study"]["state"], "jobs": jobs, "deliveries": report.get("deliveries")}
 
 
-def check(run: FaultRun, deployment: Deployment, files: Sequence[tuple[StreamedFile, str]], uids: Sequence[str], settle_error: str | None) -> NodeRecords:
-    """Fill ``run.problems`` and ``run.totals`` from the node's records and Orthanc."""
-    records = read_records(deployment)
+def check(
+    run: FaultRun,
+    deployment: Deployment,
+    files: Sequence[tuple[StreamedFile, str]],
+    uids: Sequence[str],
+    settle_error: str | None,
+    records: NodeRecords,
+) -> None:
+    """Fill ``run.problems`` and ``run.totals`` from the node's records, its logs and Orthanc."""
     sent = len(files)
     acknowledged = [(f, uid) for f, uid in files if f.acknowledged]
     if len(uids) != sent or len(acknowledged) != sent:
@@ -411,6 +521,19 @@ def check(run: FaultRun, deployment: Deployment, files: Sequence[tuple[StreamedF
         except Exception:  # Orthanc not answering is already a problem above
             continue
         extra += max(0, len(outputs) - expected_per_study)
+    for name in (SERVE, *deployment.workers):
+        fatal = [line[:300] for line in deployment.log_tail(name, 10**8).splitlines() if UNRECOVERABLE in line]
+        if fatal:
+            run.problems.append(f"{name} logged {len(fatal)} unrecoverable error(s) (the worker stops), e.g. {fatal[0]}")
+    for number, record in enumerate(run.faults, start=1):
+        slow = slow_recovery(record)
+        if slow:
+            run.problems.append(f"fault {number} ({record.fault.component} at {record.killed_s} s): {slow}")
+    for exit_ in run.exits:
+        run.problems.append(
+            f"{exit_.component} stopped on its own (exit status {exit_.exit_status}), noticed {exit_.noticed_s} s into the stream"
+            + ("; started again" if exit_.restarted else "; could not be started again")
+        )
     for record in run.faults:
         if record.error:
             run.problems.append(f"fault {record.fault.component} at {record.fault.at_s} s: {record.error}")
@@ -431,7 +554,6 @@ def check(run: FaultRun, deployment: Deployment, files: Sequence[tuple[StreamedF
         "jobs_run_more_than_once": sum(1 for j in jobs if j["attempts"] > 1),
         "delivery_attempts": sum(d["attempts"] for d in records.deliveries.values()),
     }
-    return records
 
 
 def run_faults(
@@ -467,24 +589,29 @@ def run_faults(
             deployment,
             schedule,
             stream.started_at,
-            wait_for_a_job=WAITS_FOR_A_JOB if production else EMBEDDED_WAITS_FOR_A_JOB,
+            waits_for=WAITS_FOR if production else EMBEDDED_WAITS_FOR,
             min_gap_s=min_gap_s,
         )
         injector.start()
-        injector.join(span_s + 120.0 * max(faults, 1))
-        injector.stop()
-        run.faults = injector.records
-        streamed = stream.wait(timeout=max(60.0, span_s))
-        settle_error = None
         try:
-            deployment.wait_until_settled(uids, timeout=settle_timeout)
-        except AssertionError as exc:
-            settle_error = str(exc).split("\n", 1)[0]
+            injector.schedule_done.wait(span_s + 120.0 * max(faults, 1))
+            streamed = stream.wait(timeout=max(60.0, span_s))
+            settle_error = None
+            try:
+                deployment.wait_until_settled(uids, timeout=settle_timeout)
+            except AssertionError as exc:
+                settle_error = str(exc).split("\n", 1)[0]
+        finally:
+            injector.stop()
+            injector.join(300.0)
+        run.faults = injector.records
+        run.exits = injector.exits
         sop_uid = {path: uid for path, uid in zip(paths, _sop_instance_uids(paths))}
         files = [(f, sop_uid[f.path]) for f in streamed]
-        records = check(run, deployment, files, uids, settle_error)
+        records = read_records(deployment)
         for record in run.faults:
             record.figures = fault_figures(record, [f for f, _ in files], records, stages, interrupting)
+        check(run, deployment, files, uids, settle_error, records)
         if run.problems:
             run.evidence["logs"] = {name: deployment.log_tail(name, 3000) for name in deployment.components if name != POSTGRES}
     run.seconds = round(time.monotonic() - began, 1)
@@ -510,7 +637,7 @@ def per_component(run: FaultRun) -> dict[str, dict[str, Any]]:
     for component in dict.fromkeys(r.fault.component for r in run.faults):
         rows = [r.figures for r in run.faults if r.fault.component == component and r.figures]
         summary: dict[str, Any] = {"faults": len(rows)}
-        for key in ("down_s", "resumed_s", "recovered_s", "interrupted_done_s"):
+        for key in ("down_s", "resumed_s", "recovered_s", "interrupted_done_s", "sending_done_s"):
             values = [row[key] for row in rows if isinstance(row.get(key), (int, float))]
             if values:
                 summary[key] = {"median": round(statistics.median(values), 2), "max": round(max(values), 2)}
@@ -528,6 +655,8 @@ def format_run(run: FaultRun) -> list[str]:
         f = record.figures
         killed = _s(record.killed_s)
         held = ", ".join(f"{n} {stage}" for stage, n in f.get("held_up", {}).items()) or "nothing"
+        if "sending_deliveries" in f:
+            held += f"; {f['sending_deliveries']} delivery(ies) being sent delivered after {_s(f['sending_done_s'])} s"
         if "interrupted_jobs" in f:
             held += (
                 f"; {f['interrupted_jobs']} running job(s) done after {_s(f['interrupted_done_s'])} s"
@@ -553,6 +682,9 @@ def format_run(run: FaultRun) -> list[str]:
         )
     lines.append("  check: " + ("every instance acknowledged, processed and delivered exactly once; nothing stuck or failed" if not run.problems else "FAILED"))
     lines.extend(f"    - {p}" for p in run.problems)
+    for exit_ in run.exits:
+        lines.append(f"    {exit_.component} stopped on its own at {exit_.noticed_s} s; its log said:")
+        lines.extend(f"      {line}" for line in exit_.log_tail.splitlines())
     for uid, evidence in run.evidence.items():
         if uid != "logs":
             lines.append(f"    study {uid}: {json.dumps(evidence, default=str)[:2000]}")

@@ -37,6 +37,7 @@ from benchmarks.fault_injection import (
     format_run,
     make_schedule,
     run_faults,
+    slow_recovery,
 )
 from tests.support.deployment import COMPONENTS, INFERENCE_WORKER, SERVE
 from tests.support.store_load import StoreOutcome, StreamedFile
@@ -151,3 +152,13 @@ def test_a_job_never_finished_shows_as_never_recovered() -> None:
     assert figures["recovered_s"] == "never"
     assert (figures["interrupted_jobs"], figures["interrupted_done_s"], figures["interruptions_recorded"]) == (1, "never", 1)
     json.dumps(figures)  # what --json writes
+
+
+def test_work_cut_short_and_done_late_or_never_is_a_slow_recovery() -> None:
+    def record(**figures: object) -> FaultRecord:
+        return FaultRecord(Fault(1.0, INFERENCE_WORKER, 1.0), figures={"down_s": 8.0, **figures})
+
+    assert slow_recovery(record(interrupted_done_s=20.0)) is None
+    assert slow_recovery(record()) is None  # nothing was under way at the kill
+    assert "job(s) running at the kill finished 60.0 s" in (slow_recovery(record(interrupted_done_s=60.0)) or "")
+    assert "delivery(ies) being sent" in (slow_recovery(record(sending_done_s="never")) or "")

@@ -259,6 +259,25 @@ class Deployment:
             return self.node.process is not None and self.node.process.poll() is None
         return self.workers[name].is_running()
 
+    def exit_status(self, name: str) -> int | None:
+        """The exit status of a component whose process ended on its own (None while it runs, or unknown).
+
+        For a watchdog: after :meth:`kill` the process is forgotten, so only an exit nobody
+        asked for shows here. PostgreSQL (started through ``pg_ctl``) always gives None.
+        """
+        self._check([name])
+        if name == REDIS:
+            process = self.redis.process if self.redis is not None else None
+        elif name == ORTHANC:
+            process = self.pacs.process
+        elif name == SERVE:
+            process = self.node.process
+        elif name in self.workers:
+            process = self.workers[name].process
+        else:
+            return None
+        return process.poll() if process is not None else None
+
     def pid(self, name: str) -> int | None:
         """The component's main process id while it runs."""
         if not self.is_running(name):
