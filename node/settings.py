@@ -202,6 +202,16 @@ class Settings(BaseSettings):
     delivery_max_attempts: int = Field(8, ge=1)
     delivery_backoff_seconds: float = Field(5.0, gt=0, description="First retry delay; doubles each time.")
     delivery_backoff_max_seconds: float = Field(600.0, gt=0)
+    delivery_lease_seconds: float = Field(
+        8.0, gt=0, description="Claim of a delivery being sent; its worker renews it every quarter of this."
+    )
+    delivery_sweep_interval_seconds: float = Field(2.0, gt=0, description="How often the node looks for deliveries to wake.")
+    delivery_sweep_grace_seconds: float = Field(
+        2.0, ge=0, description="A due delivery not claimed this long after it fell due lost its wake-up."
+    )
+    delivery_probe_interval_seconds: float = Field(
+        5.0, gt=0, description="How often a destination that deliveries wait for is probed (C-ECHO)."
+    )
 
     # --- validators ----------------------------------------------------------------------------
     @field_validator("ae_title")
