@@ -11,7 +11,9 @@ study is given up only when the evidence points at it:
   other job can have caused the death (the node runs a job that was interrupted before alone
   in its process, see :class:`node.tasks.isolation.IsolationGate`);
 - **at the same point**: the attempt had reached the same image and stage each time, as a
-  deterministic crash does and random deaths rarely do.
+  deterministic crash does and random deaths rarely do. A death before the study's data was
+  touched (loading the models, :data:`STAGE_MODELS`, or before any progress was recorded) is
+  never evidence against it: a node killed again and again soon after each start dies there.
 
 :func:`verdict` gives up when ``blame_after`` interruptions were alone at one point, and, so
 that nothing loops for ever, after ``max_interruptions`` in all, saying that the study was
@@ -25,6 +27,11 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
+
+#: The stage recorded while the worker loads its models, before the study's first image.
+STAGE_MODELS = "models"
+#: Stages at which a death says nothing about the study.
+STAGES_WITHOUT_EVIDENCE = frozenset({STAGE_MODELS})
 
 #: How an interruption was noticed.
 NOTICED_AT_START_UP = "the node started again after its process stopped"
@@ -59,6 +66,11 @@ class Interruption:
         )
 
     @property
+    def is_evidence(self) -> bool:
+        """Whether the attempt had reached the study's data (see :data:`STAGES_WITHOUT_EVIDENCE`)."""
+        return bool(self.progress) and self.progress.get("stage") not in STAGES_WITHOUT_EVIDENCE  # type: ignore[union-attr]
+
+    @property
     def point(self) -> tuple[Any, Any] | None:
         """``(image, stage)`` the attempt had reached, or None."""
         if not self.progress:
@@ -81,12 +93,14 @@ def describe_point(point: tuple[Any, Any] | None) -> str:
     if point is None or point == (None, None):
         return "before its first image"
     image, stage = point
+    if image is None:
+        return f"stage {stage!r}, before its first image"
     return f"image {image}, stage {stage!r}"
 
 
 def verdict(interruptions: Sequence[Interruption], *, blame_after: int, max_interruptions: int) -> Verdict:
     """Decide from a job's interruptions whether it is given up (see the module docstring)."""
-    alone_points = Counter(i.point for i in interruptions if i.alone)
+    alone_points = Counter(i.point for i in interruptions if i.alone and i.is_evidence)
     if alone_points:
         point, count = alone_points.most_common(1)[0]
         if count >= blame_after:

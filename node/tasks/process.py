@@ -33,13 +33,16 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 
 from node.constants import COMPANION_SOP_CLASSES, TASK_PROCESS_STUDY
 from node.db import Instance
+from node.faults import explain
+from node.processing.dimensions import DEFAULT_MAX_IMAGE_PIXELS, ImageSize, size_problem
 from node.tasks.context import TaskContext
 from node.delivery.destinations import destinations_for
 from node.delivery.records import create_deliveries
 from node.delivery.task import enqueue_deliveries, group_by_destination
 from node.lifecycle import JobEvent
-from node.pipeline import STEP_NAME, ImageRecord, analyse_image, analysis_summary, store_records
+from node.pipeline import STEP_NAME, ImageRecord, analyse_image, analysis_summary, bundle_for, store_records
 from node.tasks.heartbeat import JobHeartbeat
+from node.tasks.interruptions import STAGE_MODELS
 from node.tasks.jobs import ClaimedJob, claim_job, close_job, fail_job, release_job, was_interrupted
 
 log = logging.getLogger(__name__)
@@ -142,40 +145,58 @@ def inspect_dataset(ds: Dataset) -> dict[str, Any]:
     ``body_part_examined``, ``image_laterality``, ``rows``, ``columns``, ``number_of_frames``,
     ``samples_per_pixel``, ``photometric_interpretation``, ``bits_allocated``, ``bits_stored``,
     ``pixel_representation``, ``pixel_spacing_mm`` and ``imager_pixel_spacing_mm`` (row, column
-    spacing), ``transfer_syntax_uid``, ``has_pixel_data``.
+    spacing), ``transfer_syntax_uid``, ``has_pixel_data``. An attribute that cannot be read
+    (unknown VR, a value that does not convert) is ``None``, never an exception.
     """
+
+    def read(reader: Any, keyword: str) -> Any:
+        try:
+            return reader(ds, keyword)
+        except Exception:  # this image's header; the analysis records what it lacks
+            return None
+
     file_meta = getattr(ds, "file_meta", Dataset())
+    try:
+        transfer_syntax_uid = str(file_meta.get("TransferSyntaxUID", "")) or None
+    except Exception:  # as above
+        transfer_syntax_uid = None
     return {
-        "sop_class_uid": _text(ds, "SOPClassUID"),
-        "modality": _text(ds, "Modality"),
-        "view_position": _text(ds, "ViewPosition"),
-        "body_part_examined": _text(ds, "BodyPartExamined"),
-        "image_laterality": _text(ds, "ImageLaterality"),
-        "rows": _int(ds, "Rows"),
-        "columns": _int(ds, "Columns"),
-        "number_of_frames": _int(ds, "NumberOfFrames") or 1,
-        "samples_per_pixel": _int(ds, "SamplesPerPixel"),
-        "photometric_interpretation": _text(ds, "PhotometricInterpretation"),
-        "bits_allocated": _int(ds, "BitsAllocated"),
-        "bits_stored": _int(ds, "BitsStored"),
-        "pixel_representation": _int(ds, "PixelRepresentation"),
-        "pixel_spacing_mm": _spacing(ds, "PixelSpacing"),
-        "imager_pixel_spacing_mm": _spacing(ds, "ImagerPixelSpacing"),
-        "transfer_syntax_uid": str(file_meta.get("TransferSyntaxUID", "")) or None,
+        "sop_class_uid": read(_text, "SOPClassUID"),
+        "modality": read(_text, "Modality"),
+        "view_position": read(_text, "ViewPosition"),
+        "body_part_examined": read(_text, "BodyPartExamined"),
+        "image_laterality": read(_text, "ImageLaterality"),
+        "rows": read(_int, "Rows"),
+        "columns": read(_int, "Columns"),
+        "number_of_frames": read(_int, "NumberOfFrames") or 1,
+        "samples_per_pixel": read(_int, "SamplesPerPixel"),
+        "photometric_interpretation": read(_text, "PhotometricInterpretation"),
+        "bits_allocated": read(_int, "BitsAllocated"),
+        "bits_stored": read(_int, "BitsStored"),
+        "pixel_representation": read(_int, "PixelRepresentation"),
+        "pixel_spacing_mm": read(_spacing, "PixelSpacing"),
+        "imager_pixel_spacing_mm": read(_spacing, "ImagerPixelSpacing"),
+        "transfer_syntax_uid": transfer_syntax_uid,
         "has_pixel_data": any(k in ds for k in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")),
     }
 
 
-def open_instance(path: Path, transfer_syntax_uid: str | None = None) -> tuple[dict[str, Any], Dataset | None, np.ndarray | None]:
+def open_instance(
+    path: Path, transfer_syntax_uid: str | None = None, *, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+) -> tuple[dict[str, Any], Dataset | None, np.ndarray | None]:
     """Read and decode one spool file; never raises for bad content.
+
+    The declared size is checked before anything is decoded
+    (:func:`node.processing.dimensions.size_problem`, ``max_image_pixels`` samples at most):
+    a decoder allocates what the header declares, whatever the size of the data.
 
     Returns
     -------
     (inspection, dataset, pixels)
         ``inspection`` as :func:`inspect_dataset` plus ``decoded`` (bool), ``decode_seconds``,
-        ``pixel_min``/``pixel_max`` when decoded and ``error`` (a short reason) when not;
-        ``dataset`` is ``None`` when the file could not be read, ``pixels`` when it could not
-        be decoded.
+        ``pixel_min``/``pixel_max`` when decoded and ``error`` (a short reason that quotes no
+        header value, :func:`node.faults.explain`) when not; ``dataset`` is ``None`` when the
+        file could not be read, ``pixels`` when it could not be decoded.
     """
     try:
         ds = read_spool_file(path, transfer_syntax_uid)
@@ -191,6 +212,17 @@ def open_instance(path: Path, transfer_syntax_uid: str | None = None) -> tuple[d
         return inspection, ds, None
     if not inspection["has_pixel_data"]:
         inspection.update(decoded=False, error="no pixel data")
+        return inspection, ds, None
+    size = ImageSize(
+        rows=inspection["rows"],
+        columns=inspection["columns"],
+        frames=inspection["number_of_frames"],
+        samples_per_pixel=inspection["samples_per_pixel"],
+        bits_allocated=inspection["bits_allocated"],
+    )
+    problem = size_problem(size, max_image_pixels)
+    if problem is not None:
+        inspection.update(decoded=False, error=problem)
         return inspection, ds, None
     started = time.perf_counter()
     try:
@@ -214,7 +246,8 @@ def open_instance(path: Path, transfer_syntax_uid: str | None = None) -> tuple[d
 
 
 def _reason(what: str, exc: Exception) -> str:
-    return f"{what}: {type(exc).__name__}: {exc}"[:DECODE_ERROR_MAX_CHARS]
+    """``what`` and an explanation of ``exc`` that quotes no header value (:func:`node.faults.explain`)."""
+    return f"{what}: {explain(exc)}"[:DECODE_ERROR_MAX_CHARS]
 
 
 def _instance_rows(claim: ClaimedJob, context: TaskContext) -> list[Any]:
@@ -239,7 +272,7 @@ def open_study_instance(claim: ClaimedJob, row: Any, context: TaskContext) -> Op
     """Open and decode one instance of the claimed study; record its inspection in the database."""
     instance_id, sop_uid, series_uid, sop_class, ts_uid, rel_path = row
     path = Path(rel_path) if Path(rel_path).is_absolute() else context.settings.spool_dir / rel_path
-    inspection, ds, pixels = open_instance(path, ts_uid)
+    inspection, ds, pixels = open_instance(path, ts_uid, max_image_pixels=context.settings.max_image_pixels)
     inspection.setdefault("transfer_syntax_uid", ts_uid)
     inspection["job_id"] = claim.job_id
     with context.database.session() as session:
@@ -279,6 +312,14 @@ def run_study(
     views: set[str] = set()
     seconds = {"open": 0.0, "images": 0.0}
     rows = _instance_rows(claim, context)
+    if heartbeat is not None:
+        heartbeat.reached(STAGE_MODELS)
+    try:
+        bundle_for(context.settings)  # loaded once per process; a death here says nothing about the study
+    except DATABASE_AWAY:
+        raise
+    except Exception as exc:
+        raise StageError("models", exc) from exc
     for number, row in enumerate(rows, start=1):
         if heartbeat is not None:
             heartbeat.reached("open", number, len(rows))

@@ -203,3 +203,13 @@ def test_wake_up_for_a_missing_job_is_ignored(tmp_path: Path) -> None:
     assert claim_job(database, 12345, worker="w") is None
     with database.session() as session:
         assert session.execute(select(Job)).first() is None
+
+
+def test_deaths_while_the_models_load_are_never_evidence_against_the_study(tmp_path: Path) -> None:
+    settings, database, _, job_id = _queued_job(tmp_path, job_blame_after_crashes=3, job_max_interruptions=10)
+    for n in range(4):  # a node killed again and again soon after it starts
+        _crash(database, settings, job_id, worker=f"host/{n}/task-0", stage="models")
+
+    job = _job(database, job_id)
+    assert job.state == JobState.QUEUED.value, job.error
+    assert [i["alone"] for i in job.interruptions] == [True] * 4

@@ -11,6 +11,7 @@ import pydicom
 import pytest
 from pydicom.uid import JPEG2000, JPEG2000Lossless, RLELossless, generate_uid
 
+from node.faults import ImageFault
 from node.completion import queue_quiet_studies
 from node.constants import JobState, StudyState
 from sqlalchemy import select
@@ -189,7 +190,7 @@ def test_an_output_that_cannot_be_built_from_one_image_fails_that_image_alone(no
     settings, database, context = node
     study_id, study_uid = add_study(database, quiet_for=60)
     add_instance(database, settings, study_id, study_uid)
-    context.builders = (_FailingBuilder(ValueError("header unusable")),)
+    context.builders = (_FailingBuilder(ImageFault("header unusable")),)
     job_id = _queue(settings, database)
 
     summary = process_study(job_id, context=context)
