@@ -68,7 +68,10 @@ def worker(
     ),
     concurrency: int = typer.Option(None, "--concurrency", "-c", min=1, help="Tasks at once (default: 1 for solo, 4 otherwise)."),
     pool: str = typer.Option(
-        None, "--pool", "-P", help="solo (default with inference: CUDA survives it), threads (default otherwise) or prefork."
+        None,
+        "--pool",
+        "-P",
+        help="solo (default: CUDA survives it, and so does a broker restart), threads or prefork.",
     ),
     log_level: str = LogLevelOption,
 ) -> None:
@@ -81,7 +84,10 @@ def worker(
     unknown = [q for q in queue_list if q not in KNOWN_QUEUES]
     if not queue_list or unknown:
         fail(f"unknown queue(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(KNOWN_QUEUES)}", EXIT_USAGE)
-    pool = pool or ("solo" if QUEUE_INFERENCE in queue_list else "threads")
+    # solo by default for every queue: CUDA survives it, and it rode out every Redis kill of the
+    # fault-injection suite, where a threads-pool worker (Celery 5.7, kombu 5.7) stopped with
+    # "Unrecoverable error" while restoring unacknowledged messages.
+    pool = pool or "solo"
     if pool not in WORKER_POOLS:
         fail(f"unknown pool {pool!r}; choose from {', '.join(WORKER_POOLS)}", EXIT_USAGE)
     if pool == "solo":
@@ -109,7 +115,15 @@ def worker(
         "--without-gossip",
         "--without-mingle",
     ]
+    stopped_on_request: list[bool] = []
+    from celery.signals import worker_shutting_down
+
+    worker_shutting_down.connect(lambda **_: stopped_on_request.append(True), weak=False)
     app.worker_main(argv)
+    if not stopped_on_request:
+        # Celery ends its worker after an "Unrecoverable error" with status 0; a supervisor
+        # (compose `restart: on-failure`, systemd) must see a failure and start it again.
+        fail("the Celery worker stopped without being asked to (see the log above); exit status 1 so that it is restarted")
 
 
 # --- status and studies ------------------------------------------------------------------------

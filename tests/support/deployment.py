@@ -11,7 +11,7 @@ component                 what runs
 ``serve``                 ``cxr-node serve`` with ``CXR_NODE_BROKER_URL`` set (listener,
                           completion scanner, sweeps; no task threads)
 ``inference_worker``      ``cxr-node worker --queues inference`` (solo pool)
-``delivery_worker``       ``cxr-node worker --queues delivery`` (threads pool)
+``delivery_worker``       ``cxr-node worker --queues delivery`` (solo pool)
 ========================  =====================================================================
 
 The node processes share one environment: the same data directory (spool and outputs), the
