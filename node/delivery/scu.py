@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 MAX_PRESENTATION_CONTEXTS = 128
 
 
+#: Start of the error of an object that got no C-STORE response at all.
+NO_RESPONSE = "no C-STORE response"
+
+
 def presentation_contexts(items: Sequence[StoreItem]) -> list[tuple[str, str]]:
     """The distinct (SOP Class UID, Transfer Syntax UID) pairs of ``items``, in first-seen order.
 
@@ -80,16 +84,26 @@ def send_files(
 
     accepted = {(cx.abstract_syntax, cx.transfer_syntax[0]) for cx in assoc.accepted_contexts}
     outcomes: list[StoreOutcome] = []
+    peer_gone = False
     try:
         for item in items:
-            outcomes.append(_store_one(assoc, item, accepted, destination))
+            outcome = _store_one(assoc, item, accepted, destination)
+            outcomes.append(outcome)
             if not assoc.is_established:
+                break
+            if outcome.status is None and outcome.error and outcome.error.startswith(NO_RESPONSE):
+                # No answer at all: the peer is gone or hung. pynetdicom may still call the
+                # association established for a moment; waiting the DIMSE timeout once more for
+                # each remaining object would hold them for minutes. Abort and retry later.
+                assoc.abort()
+                outcomes[-1] = StoreOutcome(outcome.sop_instance_uid, None, outcome.error, unreachable=True)
+                peer_gone = True
                 break
     finally:
         if assoc.is_established:
             assoc.release()
     lost = f"association with {destination} ended before this object was sent (aborted or released by the peer)"
-    outcomes += [StoreOutcome(item.sop_instance_uid, None, lost) for item in items[len(outcomes) :]]
+    outcomes += [StoreOutcome(item.sop_instance_uid, None, lost, unreachable=peer_gone) for item in items[len(outcomes) :]]
     return outcomes
 
 
@@ -108,7 +122,7 @@ def _store_one(assoc, item: StoreItem, accepted: set[tuple[str, str]], destinati
     status = answer.get("Status") if answer is not None else None
     if status is None:
         return StoreOutcome(
-            item.sop_instance_uid, None, f"no C-STORE response from {destination} (timeout, abort or invalid answer)"
+            item.sop_instance_uid, None, f"{NO_RESPONSE} from {destination} (timeout, abort or invalid answer)"
         )
     status = int(status)
     if is_stored_status(status):
